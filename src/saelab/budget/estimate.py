@@ -1,0 +1,213 @@
+"""Memory, disk and time of the extract stage, from shapes alone (no weights loaded).
+
+The constants below were measured on the default model (SmolLM2-135M, CPU, torch 2.13,
+transformers 5.23): a Python process with torch, transformers and zarr imported holds
+~270 MB; a loaded model adds ~100 MB of tokenizer, config and allocator state beyond its
+weights. Weights stored in the dtype they run in are memory-mapped, so only the layers the
+forward pass reaches become resident (capture stops after the deepest hook); weights that
+are converted at load time (e.g. float32 file -> bfloat16) briefly hold the whole file plus
+the converted copy. A forward pass keeps about 4·d_model + 3·d_mlp values per token alive
+in the compute dtype, plus float32 attention scores of n_heads x T per token (twice:
+scores and softmax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from saelab.models.hooks import HookPoint
+from saelab.models.shapes import ModelShape
+
+MB = 1 << 20
+BASE_RSS = 270 * MB  # python + torch + transformers + zarr imported
+LOADED_OVERHEAD = 100 * MB  # tokenizer, configs, allocator arenas once a model is loaded
+CUDA_CONTEXT = 500 * MB  # host memory a CUDA context costs
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+STORE_SHARD_TARGET = 128 * MB  # activations held per shard before it is written
+CPU_TOKENS_PER_BATCH = 4096  # beyond this a CPU forward gets no faster, only bigger
+GPU_TOKENS_PER_BATCH = 65536
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """What the plan needs to know of the prompts: counts and lengths."""
+
+    n_prompts: int
+    n_tokens: int
+    max_len: int
+    mean_len: float
+    exact: bool = True  # False when lengths were estimated from characters
+
+    @classmethod
+    def from_lengths(cls, lengths: Sequence[int], exact: bool = True) -> TokenStats:
+        n = len(lengths)
+        total = int(sum(lengths))
+        return cls(n, total, int(max(lengths, default=0)), total / max(n, 1), exact)
+
+
+@dataclass(frozen=True)
+class ExtractWorkload:
+    """Everything that decides the cost of one extract run."""
+
+    shape: ModelShape
+    hooks: tuple[HookPoint, ...]
+    tokens: TokenStats
+    positions: str = "all"
+    model_dtype: str = "float32"
+    store_dtype: str = "float16"
+    batch_size: int = 8
+    shard_size: int = 256
+    device: str = "cpu"
+    file_dtype: str | None = "float32"  # dtype of the weights on disk
+    convert_gguf_bytes: int = 0  # size of a GGUF file still to be converted (0: cached)
+    drop_bos: bool = False
+
+    @property
+    def deepest(self) -> int:
+        return max(h.layer for h in self.hooks)
+
+    @property
+    def rows(self) -> int:
+        if self.positions == "all":
+            dropped = self.tokens.n_prompts if self.drop_bos else 0
+            return max(self.tokens.n_tokens - dropped, self.tokens.n_prompts)
+        return self.tokens.n_prompts
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one stored row over all hooks."""
+        return self.shape.d_model * DTYPE_BYTES[self.store_dtype] * len(self.hooks)
+
+    def batch_tokens(self) -> int:
+        return self.batch_size * self.tokens.max_len
+
+
+@dataclass
+class Estimate:
+    """Predicted cost of one stage; `parts` says where the numbers come from."""
+
+    stage: str
+    ram: int
+    gpu: int
+    disk: int
+    seconds: float | None
+    parts: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "stage": self.stage,
+            "ram_bytes": self.ram,
+            "gpu_bytes": self.gpu,
+            "disk_bytes": self.disk,
+            "seconds": self.seconds,
+            "parts": self.parts,
+            "notes": self.notes,
+        }
+
+
+def forward_bytes(w: ExtractWorkload) -> int:
+    """Transient memory of one batch's forward pass plus the captured tensors."""
+    s = w.shape
+    act = DTYPE_BYTES.get(w.model_dtype, 4) if w.model_dtype != "int8" else 4
+    per_token = act * (4 * s.d_model + 3 * s.d_mlp) + 4 * 2 * s.n_heads * w.tokens.max_len
+    captured = 0
+    for h in w.hooks:
+        if h.site == "pattern":
+            captured += 4 * s.n_heads * w.tokens.max_len
+        else:
+            captured += act * s.d_model
+    return int(w.batch_tokens() * (per_token + captured))
+
+
+def shard_rows(w: ExtractWorkload) -> int:
+    per_prompt = w.rows / max(w.tokens.n_prompts, 1)
+    return int(min(w.shard_size, w.tokens.n_prompts) * per_prompt)
+
+
+def weights_bytes(w: ExtractWorkload) -> tuple[int, int]:
+    """(resident weights while running, extra transient bytes while loading)."""
+    s = w.shape
+    full_file = s.weight_bytes(w.file_dtype or "float32")
+    if w.model_dtype == "int8":
+        # dynamic quantisation reads every float32 weight, then keeps int8 linears
+        return s.weight_bytes("int8") + s.embedding_params() * 4, full_file
+    running = s.weight_bytes(w.model_dtype)
+    if w.file_dtype == w.model_dtype and w.device == "cpu":
+        # memory-mapped: only the layers the pass reaches are ever read
+        return s.weight_bytes(w.model_dtype, n_layers=w.deepest + 1), 0
+    return running, full_file
+
+
+def estimate_extract(
+    w: ExtractWorkload,
+    tokens_per_s: float | None = None,
+    flops_per_s: float | None = None,
+    load_seconds: float | None = None,
+) -> Estimate:
+    parts: dict[str, float] = {}
+    notes: list[str] = []
+    on_gpu = w.device == "cuda"
+    resident, load_extra = weights_bytes(w)
+    fwd = forward_bytes(w)
+    shard = 2 * shard_rows(w) * w.row_bytes  # gathered rows + the concatenated copy
+    base = BASE_RSS + LOADED_OVERHEAD + (CUDA_CONTEXT if on_gpu else 0)
+    parts.update(base=base, shard_buffer=shard)
+    if on_gpu:
+        gpu = resident + fwd
+        ram = base + shard + load_extra
+        parts.update(gpu_weights=resident, gpu_forward=fwd)
+    else:
+        gpu = 0
+        running = resident + fwd + shard
+        loading = resident + load_extra
+        ram = base + max(running, loading)
+        parts.update(weights=resident, forward=fwd, load_transient=load_extra)
+    if w.convert_gguf_bytes:
+        # dequantising holds the GGUF file, the float32 weights and a copy while saving
+        conv = BASE_RSS + LOADED_OVERHEAD + w.convert_gguf_bytes + w.shape.weight_bytes("float32")
+        parts["gguf_conversion"] = conv
+        ram = max(ram, conv)
+        notes.append("first use converts the GGUF file into saelab's cache")
+
+    store = w.rows * w.row_bytes  # lossless compression saves ~10-15%: plan for none
+    token_bytes = 4 * w.tokens.n_tokens + 16 * w.tokens.n_prompts
+    n_shards = -(-w.tokens.n_prompts // max(w.shard_size, 1))
+    meta = n_shards * (len(w.hooks) + 4) * 1024
+    disk = store + token_bytes + meta
+    parts.update(store=store, tokens=token_bytes)
+    if w.convert_gguf_bytes:
+        cache = w.shape.weight_bytes("float32")
+        parts["model_cache"] = cache
+        disk += cache
+
+    seconds: float | None = None
+    fwd_tokens = w.tokens.n_tokens
+    if tokens_per_s:
+        seconds = fwd_tokens / tokens_per_s
+        parts["tokens_per_s"] = tokens_per_s
+    elif flops_per_s:
+        flops = w.shape.flops_per_token(max(int(w.tokens.mean_len), 1), n_layers=w.deepest + 1)
+        seconds = fwd_tokens * flops / flops_per_s
+        parts["flops_per_token"] = flops
+        notes.append("time from a FLOP estimate (run without --no-calibrate to measure)")
+    if seconds is not None:
+        write = store / (150 * MB)  # shuffle+zstd measured at 400+ MB/s; keep a margin
+        seconds += write + (load_seconds or 0.0)
+        if w.convert_gguf_bytes:
+            seconds += 25.0
+        parts["load_seconds"] = load_seconds or 0.0
+    return Estimate("extract", int(ram), int(gpu), int(disk), seconds, parts, notes)
+
+
+def default_shard_size(w: ExtractWorkload) -> int:
+    """Prompts per shard: ~128 MB of stored rows, a whole number of batches."""
+    per_prompt = max(w.rows / max(w.tokens.n_prompts, 1), 1) * max(w.row_bytes, 1)
+    n = max(int(STORE_SHARD_TARGET // per_prompt), 1)
+    n = max(n // w.batch_size, 1) * w.batch_size
+    return int(min(n, 4096))
+
+
+def token_cap(device: str) -> int:
+    return GPU_TOKENS_PER_BATCH if device == "cuda" else CPU_TOKENS_PER_BATCH

@@ -1,0 +1,89 @@
+"""What a model spec costs, found without loading (or converting) its weights.
+
+The planner needs the shape, the dtype the weights are stored in, and whether a GGUF file
+still has to be converted; all of it comes from config.json, GGUF and safetensors headers,
+or saelab's table of well-known models when a hub model is not cached (offline planning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from saelab.errors import SaelabError
+from saelab.models.loading import ModelSource, gguf_cache_path, resolve_spec
+from saelab.models.shapes import ModelShape, builtin_shape, shape_from_config, shape_from_gguf
+
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: ModelSource
+    shape: ModelShape
+    file_dtype: str  # dtype of the weights saelab will load from
+    folder: Path | None  # local HF-style folder if one exists already
+    gguf_pending_bytes: int  # > 0 when a GGUF file must still be converted
+
+
+def safetensors_dtype(folder: Path) -> str | None:
+    """The dtype of the first floating tensor in the folder's safetensors files."""
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="np") as st:
+            for key in st.keys():
+                dt = _ST_DTYPES.get(st.get_slice(key).get_dtype())
+                if dt:
+                    return dt
+    return None
+
+
+def _config_dtype(cfg: dict) -> str | None:
+    dt = cfg.get("torch_dtype") or cfg.get("dtype")
+    return dt if dt in ("float32", "float16", "bfloat16") else None
+
+
+def _cached_hub_folder(repo: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                repo, local_files_only=True, allow_patterns=["*.json", "*.safetensors"]
+            )
+        )
+    except Exception:
+        return None
+
+
+def describe_model(spec: str) -> ModelInfo:
+    source = resolve_spec(spec)
+    if source.kind == "gguf":
+        gguf = Path(source.location)
+        cached = gguf_cache_path(gguf)
+        if (cached / "saelab-cache.json").is_file():
+            cfg = json.loads((cached / "config.json").read_text())
+            return ModelInfo(source, shape_from_config(cfg, source.name), "float32", cached, 0)
+        shape = shape_from_gguf(gguf, name=source.name)
+        return ModelInfo(source, shape, "float32", None, os.path.getsize(gguf))
+    if source.kind == "folder":
+        folder = Path(source.location)
+        cfg = json.loads((folder / "config.json").read_text())
+        dtype = safetensors_dtype(folder) or _config_dtype(cfg) or "float32"
+        return ModelInfo(source, shape_from_config(cfg, source.name), dtype, folder, 0)
+    folder = _cached_hub_folder(source.location)
+    if folder is not None and (folder / "config.json").is_file():
+        cfg = json.loads((folder / "config.json").read_text())
+        dtype = safetensors_dtype(folder) or _config_dtype(cfg) or "float32"
+        return ModelInfo(source, shape_from_config(cfg, source.name), dtype, folder, 0)
+    shape = builtin_shape(source.location)
+    if shape is None:
+        raise SaelabError(
+            f"model {source.location!r} is neither a file, a folder, a cached Hugging Face model"
+            " nor one of saelab's known shapes: pass a local folder or .gguf file, or download"
+            f" it first (`hf download {source.location}`)"
+        )
+    return ModelInfo(source, shape, "bfloat16", None, 0)

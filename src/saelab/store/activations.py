@@ -1,0 +1,241 @@
+"""The dense activation store: `RUN/activations/`, a zarr v3 hierarchy written one prompt shard
+at a time.
+
+    activations/
+      zarr.json                 root group; attributes["saelab"]: the static store metadata
+      shards/zarr.json          empty group (zarr v3 has no implicit groups; keeps the tree valid)
+      shards/00000/zarr.json    shard group; attributes n_prompts, n_rows, n_tokens
+      shards/00000/prompt_index   int64 (n_prompts,)   position in the prompt table
+      shards/00000/token_ids      int32 (n_tokens,)    each prompt's tokens, concatenated
+      shards/00000/token_offsets  int64 (n_prompts+1,) local offsets into token_ids
+      shards/00000/<hook>         (n_rows, d) per hook; rows chunked to ~1-2 MB, full d per chunk
+
+A shard is the unit of work: built in a temporary folder and renamed into place, so a killed run
+leaves only whole shards. Nothing in any file depends on time, randomness or write order (JSON is
+sorted, compression deterministic), so a resumed run ends byte-identical to an uninterrupted one.
+Readers (`reader.py`) see exactly the shard folders present, skipping `.tmp-*` leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from saelab.errors import SaelabError
+from saelab.run import atomic_dir, atomic_write_json, remove_debris, tree_digests
+from saelab.store.codecs import (
+    check_dtype,
+    check_keep_bits,
+    codec_description,
+    compressors,
+    encode_rows,
+    filters,
+    quiet_numcodecs,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+STORE_DIR = "activations"
+FORMAT = "saelab.activations"
+VERSION = 1
+POSITIONS = ("all", "last", "mean")
+_RESERVED = ("prompt_index", "token_ids", "token_offsets", "zarr.json")
+_CHUNK_BYTES = 2**21  # rows per chunk: the power of two giving 1-2 MiB (tests shrink this)
+
+
+def _shard_name(shard: int) -> str:
+    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or shard < 0:
+        raise ValueError(f"shard index must be a non-negative int, got {shard!r}")
+    return f"{int(shard):05d}"
+
+
+def _rows_per_chunk(d: int, itemsize: int, n_rows: int) -> int:
+    r = max(1, _CHUNK_BYTES // (d * itemsize))
+    return max(1, min(1 << (r.bit_length() - 1), n_rows))
+
+
+def _group_json(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {"attributes": attributes, "node_type": "group", "zarr_format": 3}
+
+
+def _normalise(obj: Any) -> Any:
+    """What the metadata looks like after a JSON round trip, so old and new compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _meta_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key == "attrs" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [
+                f"attrs.{k}={a.get(k)!r} (now {b.get(k)!r})"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            diffs.append(f"{key}={a!r} (now {b!r})")
+    return ", ".join(diffs[:3]) + (", ..." if len(diffs) > 3 else "")
+
+
+def read_root_meta(root: Path) -> dict[str, Any] | None:
+    """The store's static metadata, or None when `root` holds no saelab activation store."""
+    path = root / "zarr.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text()).get("attributes", {}).get("saelab")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise SaelabError(f"{path} is not valid zarr metadata ({e}); use another run folder") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SaelabError(f"{root} is not a saelab activation store; use another run folder")
+    if meta.get("version", 0) > VERSION:
+        raise SaelabError(
+            f"activation store {root} has format version {meta.get('version')}, newer than this "
+            f"saelab reads ({VERSION}); upgrade saelab"
+        )
+    return meta
+
+
+class ActivationWriter:
+    """Writes whole prompt shards into the store at `root` (the activations folder itself)."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        hooks: Sequence[str],
+        d_model: Mapping[str, int],
+        dtype: str = "float16",
+        keep_bits: int | None = None,
+        positions: str = "all",
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self._dt = check_dtype(dtype)
+        self.keep_bits = check_keep_bits(keep_bits, self._dt)
+        if positions not in POSITIONS:
+            raise SaelabError(f"--positions {positions!r} is not known; use one of {POSITIONS}")
+        self.positions = positions
+        self.hooks = [str(h) for h in hooks]
+        if not self.hooks or len(set(self.hooks)) != len(self.hooks):
+            raise SaelabError(f"hooks {self.hooks} must be non-empty and distinct; fix --hooks")
+        for h in self.hooks:
+            if "/" in h or h.startswith("__") or h in _RESERVED or not h.strip("."):
+                raise SaelabError(f"hook name {h!r} cannot be stored; use a canonical hook name")
+            if h not in d_model or int(d_model[h]) < 1:
+                raise ValueError(f"d_model has no positive width for hook {h!r}")
+        self.d_model = {h: int(d_model[h]) for h in self.hooks}
+        meta = _normalise(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "hooks": self.hooks,
+                "d_model": self.d_model,
+                "dtype": self._dt.name,
+                "storage_dtype": self._dt.storage,
+                "positions": positions,
+                "keep_bits": self.keep_bits,
+                "codec": codec_description(self._dt, self.keep_bits),
+                "attrs": dict(attrs or {}),
+            }
+        )
+        old = read_root_meta(self.root)
+        if old is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.root / "zarr.json", _group_json({"saelab": meta}))
+        elif old != meta:
+            raise SaelabError(
+                f"activation store {self.root} was written with {_meta_diff(old, meta)}; "
+                "use another run folder"
+            )
+        shards = self.root / "shards"
+        if not (shards / "zarr.json").is_file():
+            shards.mkdir(exist_ok=True)
+            atomic_write_json(shards / "zarr.json", _group_json({}))
+        remove_debris(self.root)
+        remove_debris(shards)
+
+    def has_shard(self, shard: int) -> bool:
+        return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()
+
+    def write_shard(
+        self,
+        shard: int,
+        *,
+        prompt_index: np.ndarray,
+        token_ids: Sequence[np.ndarray],
+        acts: Mapping[str, torch.Tensor | np.ndarray],
+    ) -> dict[str, str]:
+        """Write one shard whole (replacing any earlier one); return {relative path: sha256}.
+
+        `acts[hook]` holds only real tokens (no padding): one row per token for positions "all",
+        one per prompt otherwise. Any float dtype, torch or numpy; rounded to the store dtype here.
+        """
+        final = self.root / "shards" / _shard_name(shard)
+        pidx = np.asarray(prompt_index)
+        if pidx.ndim != 1 or (pidx.size and pidx.dtype.kind not in "iu"):
+            raise ValueError(f"prompt_index must be a 1-D integer array, got {pidx.dtype}")
+        n_prompts = len(pidx)
+        if len(token_ids) != n_prompts:
+            raise ValueError(f"{len(token_ids)} token_ids arrays for {n_prompts} prompts")
+        toks = [np.asarray(t).reshape(-1) for t in token_ids]
+        offsets = np.zeros(n_prompts + 1, dtype=np.int64)
+        np.cumsum([len(t) for t in toks], out=offsets[1:])
+        n_tokens = int(offsets[-1])
+        flat = np.concatenate(toks) if toks else np.zeros(0, dtype=np.int32)
+        if flat.size and (flat.dtype.kind not in "iu" or flat.min() < 0 or flat.max() >= 2**31):
+            raise ValueError("token_ids must be non-negative integers below 2**31")
+        n_rows = n_tokens if self.positions == "all" else n_prompts
+        if set(acts) != set(self.hooks):
+            missing, extra = set(self.hooks) - set(acts), set(acts) - set(self.hooks)
+            raise ValueError(f"acts hooks differ from the store: missing {missing}, extra {extra}")
+        for h in self.hooks:
+            shape = tuple(acts[h].shape)
+            if shape != (n_rows, self.d_model[h]):
+                raise ValueError(
+                    f"acts[{h!r}] has shape {shape}, expected {(n_rows, self.d_model[h])} "
+                    f"(positions={self.positions!r}, {n_prompts} prompts, {n_tokens} tokens)"
+                )
+        with atomic_dir(final) as tmp, quiet_numcodecs():
+            group = zarr.create_group(
+                store=str(tmp),
+                zarr_format=3,
+                attributes={"n_prompts": n_prompts, "n_rows": n_rows, "n_tokens": n_tokens},
+            )
+            _put(group, "prompt_index", pidx.astype(np.int64), 8)
+            _put(group, "token_ids", flat.astype(np.int32), 4)
+            _put(group, "token_offsets", offsets, 8)
+            for h in self.hooks:
+                rows = encode_rows(acts[h], self._dt, self.keep_bits, h)
+                chunk = _rows_per_chunk(self.d_model[h], self._dt.itemsize, n_rows)
+                group.create_array(
+                    h,
+                    shape=rows.shape,
+                    dtype=rows.dtype,
+                    chunks=(chunk, self.d_model[h]),
+                    filters=filters(self._dt, self.keep_bits),
+                    compressors=compressors(self._dt.itemsize),
+                    fill_value=0,
+                    config={"write_empty_chunks": True},
+                )[...] = rows
+        return tree_digests(final, base=self.root)
+
+
+def _put(group: zarr.Group, name: str, data: np.ndarray, itemsize: int) -> None:
+    chunk = max(1, min(_CHUNK_BYTES // itemsize, len(data)))
+    group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=(chunk,),
+        compressors=compressors(itemsize),
+        fill_value=0,
+        config={"write_empty_chunks": True},
+    )[...] = data
