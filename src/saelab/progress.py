@@ -21,11 +21,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
+_out = Console(soft_wrap=True)
 
 
-def console() -> Console:
-    return _err
+def console(stderr: bool = False) -> Console:
+    """The shared consoles: results on stdout, progress and status on stderr."""
+    return _err if stderr else _out
 
 
 class Reporter:

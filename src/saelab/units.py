@@ -45,7 +45,7 @@ def format_bytes(n: float | None) -> str:
         return "-"
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+        if abs(n) < 1000 or unit == "TiB":
             if unit == "B":
                 return f"{int(n)} B"
             return f"{n:.3g} {unit}"

@@ -97,7 +97,7 @@ def resolve_spec(spec: str) -> ModelSource:
     return ModelSource("hub", spec, spec)
 
 
-def _file_key(path: Path) -> str:
+def file_key(path: Path) -> str:
     """Content key of a large file without reading all of it: size + first and last 4 MiB."""
     h = hashlib.sha256()
     size = path.stat().st_size
@@ -128,7 +128,7 @@ def _quiet_transformers():
 
 
 def gguf_cache_path(gguf: Path) -> Path:
-    return cache_dir() / "gguf" / f"{gguf.stem}-{_file_key(gguf)}"
+    return cache_dir() / "gguf" / f"{gguf.stem}-{file_key(gguf)}"
 
 
 def convert_gguf(gguf: Path, quiet: bool = True) -> Path:
@@ -263,6 +263,15 @@ def _hub_folder(repo: str) -> str:
         ) from e
 
 
+def local_folder(source: ModelSource, quiet: bool = True) -> Path:
+    """A local HF-style folder for the source: converted GGUF, the folder, or a hub snapshot."""
+    if source.kind == "gguf":
+        return convert_gguf(Path(source.location), quiet=quiet)
+    if source.kind == "folder":
+        return Path(source.location)
+    return Path(_hub_folder(source.location))
+
+
 def load_model(
     spec: str = "default",
     dtype: str = "float32",
@@ -277,12 +286,7 @@ def load_model(
     tdtype = torch_dtype(dtype)
     dev = resolve_device(device)
     source = resolve_spec(spec)
-    if source.kind == "gguf":
-        folder = str(convert_gguf(Path(source.location), quiet=quiet))
-    elif source.kind == "folder":
-        folder = source.location
-    else:
-        folder = _hub_folder(source.location)
+    folder = str(local_folder(source, quiet=quiet))
 
     with _quiet_transformers():
         config = AutoConfig.from_pretrained(folder)

@@ -115,7 +115,7 @@ class ExtractJob:
         o = self.options
         return {
             "model": self.info.source.name,
-            "model_source": self.info.source.location,
+            "model_key": model_key(self.info),
             "prompts": self.prompts.source,
             "prompts_fingerprint": self.prompts.fingerprint(),
             "n_prompts": len(self.prompts),
@@ -132,6 +132,16 @@ class ExtractJob:
             "drop_bos": o.drop_bos,
             "padding_side": o.padding_side,
         }
+
+
+def model_key(info: ModelInfo) -> str:
+    """Identifies the weights without depending on where a venv or cache happens to live."""
+    from saelab.models.loading import file_key
+
+    src = info.source
+    if src.kind == "gguf":
+        return f"gguf:{file_key(Path(src.location))}"
+    return f"{src.kind}:{src.location}"
 
 
 def _choose(value: str, allowed: tuple[str, ...], flag: str) -> str:

@@ -176,7 +176,7 @@ def encode_rows(x: Any, dt: StoreDType, keep_bits: int | None, hook: str) -> np.
         if overflow.any():
             raise SaelabError(
                 f"activations of {hook} reach {float(np.abs(src[overflow]).max()):.3g}, beyond "
-                "float16's range (65504); use --dtype bfloat16 or --dtype float32"
+                "float16's range (65504); use --store-dtype bfloat16 or float32"
             )
     if dt.name == "bfloat16" and keep_bits is not None:
         out = round_bf16_bits(out, keep_bits)

@@ -1,0 +1,198 @@
+"""The `saelab` command: one subcommand per stage; parses, calls the pipeline, prints.
+
+A user's mistake (SaelabError) prints one line and exits non-zero; `--debug` shows the
+traceback. Progress and status go to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from saelab.errors import SaelabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sparse-autoencoder experiments on language models, planned to fit the machine.",
+)
+
+# -- options shared by plan and extract (each documented once) -----------------------------
+Model = Annotated[
+    str, typer.Option(help="'default' (SmolLM2-135M-Instruct), a HF id, a folder or a .gguf")
+]
+Prompts = Annotated[
+    str | None,
+    typer.Option(
+        help="txt (one per line) / jsonl / csv / parquet with a text column; "
+        "default: the built-in demo prompts"
+    ),
+]
+TextColumn = Annotated[str, typer.Option(help="column holding the prompt text")]
+Limit = Annotated[int | None, typer.Option(help="use only the first N prompts")]
+Hooks = Annotated[
+    str,
+    typer.Option(
+        help="hook points: resid_post.12, resid_post.0-29, mlp_out.*, "
+        "blocks.5.hook_resid_mid, model.layers.3 (comma-separated)"
+    ),
+]
+Positions = Annotated[str, typer.Option(help="all | last | mean (over each prompt's tokens)")]
+Dtype = Annotated[str, typer.Option(help="model compute dtype: float32, float16, bfloat16, int8")]
+StoreDtype = Annotated[str, typer.Option(help="stored dtype: float16, bfloat16, float32")]
+KeepBits = Annotated[
+    int | None, typer.Option(help="lossy: keep N mantissa bits (smaller store; default lossless)")
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, mps")]
+BatchSize = Annotated[str, typer.Option(help="prompts per batch, or 'auto' (largest that fits)")]
+MaxLength = Annotated[int | None, typer.Option(help="truncate prompts to N tokens")]
+Bos = Annotated[bool, typer.Option("--bos/--no-bos", help="start every prompt with BOS")]
+DropBos = Annotated[bool, typer.Option(help="do not store the BOS position")]
+PaddingSide = Annotated[str, typer.Option(help="right | left (results are the same)")]
+ShardSize = Annotated[int | None, typer.Option(help="prompts per shard (unit of resume)")]
+Run = Annotated[str | None, typer.Option(help="run folder (default runs/<prompts>-<model>)")]
+MaxMemory = Annotated[str | None, typer.Option(help="RAM budget, e.g. 4GB")]
+MaxGpuMemory = Annotated[str | None, typer.Option(help="GPU memory budget, e.g. 8GB")]
+MaxDisk = Annotated[str | None, typer.Option(help="disk budget for the run, e.g. 20GB")]
+Overwrite = Annotated[bool, typer.Option(help="start the run folder's stage again")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
+Debug = Annotated[bool, typer.Option(help="show tracebacks")]
+
+
+def _options(**kw: object):  # noqa: ANN202
+    from saelab.pipeline.extract_job import ExtractOptions
+
+    kw["prepend_bos"] = kw.pop("bos")
+    kw.pop("debug", None)
+    return ExtractOptions(**kw)  # type: ignore[arg-type]
+
+
+@app.command()
+def plan(
+    model: Model = "default",
+    prompts: Prompts = None,
+    text_column: TextColumn = "text",
+    limit: Limit = None,
+    hooks: Hooks = "resid_post.*",
+    positions: Positions = "all",
+    dtype: Dtype = "float32",
+    store_dtype: StoreDtype = "float16",
+    keep_bits: KeepBits = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "auto",
+    max_length: MaxLength = None,
+    bos: Bos = True,
+    drop_bos: DropBos = False,
+    padding_side: PaddingSide = "right",
+    shard_size: ShardSize = None,
+    run: Run = None,
+    max_memory: MaxMemory = None,
+    max_gpu_memory: MaxGpuMemory = None,
+    max_disk: MaxDisk = None,
+    calibrate: Annotated[
+        bool, typer.Option(help="time a few real batches (else: FLOP estimate, no weights)")
+    ] = True,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Say how much memory, disk and time extract needs, and whether it fits."""
+    opts = _options(**{k: v for k, v in locals().items() if k != "calibrate"})
+    from saelab.pipeline.plan import plan_extract, record_plan, render_plan
+
+    result, _ = plan_extract(opts, calibrate=calibrate)
+    render_plan(result)
+    if run is not None or result.job.run.exists():
+        record_plan(result)
+    if not result.verdict.fits:
+        raise typer.Exit(3)
+
+
+@app.command()
+def extract(
+    model: Model = "default",
+    prompts: Prompts = None,
+    text_column: TextColumn = "text",
+    limit: Limit = None,
+    hooks: Hooks = "resid_post.*",
+    positions: Positions = "all",
+    dtype: Dtype = "float32",
+    store_dtype: StoreDtype = "float16",
+    keep_bits: KeepBits = None,
+    device: Device = "auto",
+    batch_size: BatchSize = "auto",
+    max_length: MaxLength = None,
+    bos: Bos = True,
+    drop_bos: DropBos = False,
+    padding_side: PaddingSide = "right",
+    shard_size: ShardSize = None,
+    run: Run = None,
+    max_memory: MaxMemory = None,
+    max_gpu_memory: MaxGpuMemory = None,
+    max_disk: MaxDisk = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Capture activations of hook points over prompts into the run's store (resumable)."""
+    opts = _options(**locals())
+    from saelab.pipeline.extract import describe_result, run_extract
+
+    result = run_extract(opts)
+    typer.echo(describe_result(result))
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="run folder")],
+    debug: Debug = False,
+) -> None:
+    """Describe a run: its stages, its activation store, plan against measurement."""
+    from saelab.pipeline.show import show_run
+
+    show_run(run)
+
+
+@app.command()
+def demo(
+    run: Annotated[str, typer.Option(help="run folder")] = "runs/demo",
+    hooks: Hooks = "resid_post.0-29",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """The main job on the default model: plan, then extract over the built-in prompts."""
+    from saelab.pipeline.demo import run_demo
+
+    run_demo(run=run, hooks=hooks, quiet=quiet)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: SaelabError -> one line on stderr and a non-zero exit (unless --debug)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("SAELAB_DEBUG") == "1"
+    try:
+        rc = app(args=args, prog_name="saelab", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except SaelabError as e:
+        if debug:
+            raise
+        print(f"saelab: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("saelab: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise

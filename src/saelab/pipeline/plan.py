@@ -1,0 +1,190 @@
+"""`saelab plan`: memory, disk and time of each stage before it runs, and whether it fits.
+
+Sizes come from shapes and headers; time from a short calibration on this machine (two
+batches of typical length through the real model and hooks) or, with `--no-calibrate`,
+from a FLOP estimate and a matmul probe, which needs no weights at all. The plan goes into
+the run's manifest, where `extract` later writes what it measured beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from saelab.budget.calibrate import Calibration, calibrate_capture, machine_flops
+from saelab.budget.estimate import Estimate, estimate_extract
+from saelab.budget.planner import Verdict, judge, suggest_extract
+from saelab.models.loading import LoadedModel, load_model
+from saelab.pipeline.extract_job import (
+    ExtractJob,
+    ExtractOptions,
+    prepare_extract,
+    resolve_sizes,
+    tokenize_for,
+)
+from saelab.run import config_hash
+from saelab.units import format_bytes, format_seconds
+
+
+@dataclass
+class PlanResult:
+    job: ExtractJob
+    estimate: Estimate
+    verdict: Verdict
+    calibration: Calibration | None
+
+    def to_dict(self) -> dict[str, Any]:
+        lim = self.job.limits
+        return {
+            "config_hash": config_hash(self.job.config()),
+            "estimate": self.estimate.to_dict(),
+            "verdict": self.verdict.to_dict(),
+            "limits": None
+            if lim is None
+            else {"memory": lim.memory, "gpu": lim.gpu, "disk": lim.disk},
+            "batch_size": self.job.batch_size,
+            "shard_size": self.job.shard_size,
+            "tokens_exact": self.job.token_stats().exact,
+            "calibration": None
+            if self.calibration is None
+            else {
+                "tokens_per_s": self.calibration.tokens_per_s,
+                "batches": self.calibration.batches,
+                "seconds": self.calibration.seconds,
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+
+def load_tokenizer(job: ExtractJob) -> Any | None:
+    """The tokenizer, when it is cheap to get (a local or cached folder)."""
+    if job.info.folder is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from saelab.models.loading import _quiet_transformers
+
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(str(job.info.folder))
+
+
+def estimate_job(
+    job: ExtractJob,
+    calibration: Calibration | None = None,
+    load_seconds: float | None = None,
+) -> PlanResult:
+    w = job.workload()
+    if calibration is not None:
+        est = estimate_extract(w, tokens_per_s=calibration.tokens_per_s, load_seconds=load_seconds)
+    else:
+        est = estimate_extract(w, flops_per_s=machine_flops(), load_seconds=load_seconds or 3.0)
+    assert job.limits is not None
+    verdict = judge(est, job.limits)
+    if not verdict.fits:
+        verdict.suggestions = suggest_extract(w, job.limits)
+    return PlanResult(job, est, verdict, calibration)
+
+
+def plan_extract(
+    options: ExtractOptions, calibrate: bool = True, lm: LoadedModel | None = None
+) -> tuple[PlanResult, LoadedModel | None]:
+    """Plan an extract run; with `calibrate`, load the model and time real batches."""
+    job = prepare_extract(options)
+    tok = lm.tokenizer if lm is not None else load_tokenizer(job)
+    if tok is not None:
+        job.tokens = tokenize_for(job, tok)
+    resolve_sizes(job)
+    calibration = None
+    load_seconds = None
+    if calibrate:
+        if lm is None:
+            t0 = time.perf_counter()
+            lm = load_model(
+                options.model, dtype=options.dtype, device=job.device, quiet=options.quiet
+            )
+            load_seconds = time.perf_counter() - t0
+            if job.tokens is None:
+                job.tokens = tokenize_for(job, lm.tokenizer)
+                resolve_sizes(job)
+                job.info = _refreshed(job)
+        calibration = calibrate_capture(
+            lm, job.hooks, job.tokens.ids, job.batch_size, options.padding_side
+        )
+    return estimate_job(job, calibration, load_seconds), lm
+
+
+def _refreshed(job: ExtractJob):  # noqa: ANN202
+    """After a GGUF conversion the model is cached: re-describe it (no conversion pending)."""
+    from saelab.models.describe import describe_model
+
+    return describe_model(job.options.model)
+
+
+def record_plan(result: PlanResult) -> None:
+    run = result.job.run
+    m = run.read_manifest()
+    m.setdefault("plans", {})["extract"] = result.to_dict()
+    run.write_manifest(m)
+
+
+def plan_rows(result: PlanResult) -> list[dict[str, str]]:
+    e = result.estimate
+    return [
+        {
+            "stage": e.stage,
+            "peak RAM": format_bytes(e.ram),
+            "peak GPU": format_bytes(e.gpu) if e.gpu else "-",
+            "disk": format_bytes(e.disk),
+            "time": format_seconds(e.seconds),
+            "verdict": "fits" if result.verdict.fits else "does not fit",
+        }
+    ]
+
+
+def render_plan(result: PlanResult) -> None:
+    from rich.table import Table
+
+    from saelab.progress import console
+
+    out = console()
+    job = result.job
+    e = result.estimate
+    ts = job.token_stats()
+    out.print(
+        f"[bold]plan[/bold] {job.info.source.name} ({job.info.shape.n_layers} layers,"
+        f" d_model {job.info.shape.d_model}) on {job.device}; {ts.n_prompts} prompts,"
+        f" {'' if ts.exact else '~'}{ts.n_tokens:,} tokens (longest {ts.max_len});"
+        f" {len(job.hooks)} hook(s), positions {job.options.positions};"
+        f" batch {job.batch_size}, shard {job.shard_size}"
+    )
+    table = Table()
+    rows = plan_rows(result)
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col in ("stage", "verdict") else "right")
+    for r in rows:
+        style = "green" if result.verdict.fits else "red"
+        table.add_row(*[f"[{style}]{v}[/{style}]" if k == "verdict" else v for k, v in r.items()])
+    out.print(table)
+    p = e.parts
+    detail = [
+        f"weights {format_bytes(p.get('weights', p.get('gpu_weights', 0)))}",
+        f"forward {format_bytes(p.get('forward', p.get('gpu_forward', 0)))}",
+        f"shard buffer {format_bytes(p.get('shard_buffer', 0))}",
+        f"store {format_bytes(p.get('store', 0))} (before compression)",
+    ]
+    if result.calibration:
+        detail.append(f"measured {result.calibration.tokens_per_s:,.0f} tokens/s")
+    out.print("  " + "; ".join(detail))
+    lim = job.limits
+    if lim is not None:
+        out.print(
+            f"  limits: RAM {format_bytes(lim.memory)}, disk {format_bytes(lim.disk)}"
+            + (f", GPU {format_bytes(lim.gpu)}" if lim.gpu else "")
+        )
+    for note in e.notes:
+        out.print(f"  note: {note}")
+    for prob in result.verdict.problems:
+        out.print(f"  [red]problem:[/red] {prob}")
+    if result.verdict.suggestions:
+        out.print("  would fit with: " + "; or ".join(result.verdict.suggestions))

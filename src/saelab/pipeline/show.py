@@ -1,0 +1,97 @@
+"""`saelab show RUN`: what a run holds and how its plan compared with reality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from saelab.errors import SaelabError
+from saelab.progress import console
+from saelab.run import RunFolder
+from saelab.units import format_bytes, format_seconds
+
+
+def show_run(path: str | Path) -> None:
+    run = RunFolder(path)
+    if not run.path.is_dir():
+        raise SaelabError(f"run folder {path} does not exist; check the path")
+    if not run.exists() and not (run.path / "activations").is_dir():
+        raise SaelabError(f"{path} is not a saelab run folder (no manifest.json)")
+    out = console()
+    cfg = run.read_config()
+    manifest = run.read_manifest()
+    out.print(f"[bold]run[/bold] {run.path}")
+    for name, stage in manifest.get("stages", {}).items():
+        c = cfg.get(name, {})
+        units = stage.get("units", {})
+        state = "complete" if stage.get("complete") else "incomplete (rerun to resume)"
+        out.print(f"[bold]{name}[/bold]: {state}; {len(units)} unit(s) done")
+        if c:
+            out.print(
+                f"  model {c.get('model')}, prompts {c.get('prompts')} ({c.get('n_prompts')}),"
+                f" positions {c.get('positions')}, dtype {c.get('dtype')} ->"
+                f" {c.get('store_dtype')}"
+                + (f", keep_bits {c['keep_bits']}" if c.get("keep_bits") else "")
+            )
+        _plan_vs_measured(out, stage)
+    if (run.path / "activations").is_dir():
+        _store_table(out, run.path)
+
+
+def _plan_vs_measured(out: Console, stage: dict) -> None:
+    est = stage.get("plan", {}).get("estimate")
+    meas = stage.get("measured")
+    if not est:
+        return
+    t = Table(title="plan vs measured", title_justify="left")
+    for col in ("", "peak RAM", "disk", "time"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        "planned",
+        format_bytes(est.get("ram_bytes")),
+        format_bytes(est.get("disk_bytes")),
+        format_seconds(est.get("seconds")),
+    )
+    if meas:
+        t.add_row(
+            "measured",
+            format_bytes(meas.get("peak_rss_bytes")),
+            format_bytes(meas.get("disk_bytes")),
+            format_seconds(meas.get("wall_seconds")),
+        )
+    out.print(t)
+
+
+def _store_table(out: Console, path: Path) -> None:
+    from saelab.store import open_activations
+
+    store = open_activations(path)
+    s = store.summary()
+    out.print(
+        f"[bold]activations[/bold]: {s['n_prompts']} prompts, {s['n_tokens']:,} tokens,"
+        f" {s['n_rows']:,} rows per hook, {s['shards']} shard(s); positions {s['positions']},"
+        f" dtype {s['dtype']}" + (f", keep_bits {s['keep_bits']}" if s.get("keep_bits") else "")
+    )
+    t = Table()
+    for col in ("hook", "shape", "dtype", "on disk", "raw", "ratio"):
+        t.add_column(col, justify="left" if col == "hook" else "right", no_wrap=True)
+    for hook, h in s["hooks"].items():
+        t.add_row(
+            hook,
+            " x ".join(str(x) for x in h["shape"]),
+            h["dtype"],
+            format_bytes(h["bytes_on_disk"]),
+            format_bytes(h["bytes_raw"]),
+            f"{h['ratio']:.3f}",
+        )
+    t.add_row(
+        "total",
+        "",
+        "",
+        format_bytes(s["bytes_on_disk"]),
+        format_bytes(s["bytes_raw"]),
+        f"{s['ratio']:.3f}",
+    )
+    out.print(t)
