@@ -90,13 +90,29 @@ def auto_batch_size(
     lo, hi = 1, cap
     while lo <= hi:
         mid = (lo + hi) // 2
-        est = estimate(dataclasses.replace(w, batch_size=mid))
+        # the smallest shard a batch allows: shards are sized after the batch
+        est = estimate(dataclasses.replace(w, batch_size=mid, shard_size=mid))
         gpu_ok = limits.gpu is None or est.gpu <= limits.gpu
         if est.ram <= limits.memory and gpu_ok:
             best, lo = mid, mid + 1
         else:
             hi = mid - 1
     return best
+
+
+def fit_shard_size(
+    w: ExtractWorkload,
+    limits: Limits,
+    estimate: Callable[[ExtractWorkload], Estimate],
+) -> int:
+    """Shrink the shard (whole batches, at least one) until the stage fits memory."""
+    size = w.shard_size
+    while size > w.batch_size:
+        est = estimate(dataclasses.replace(w, shard_size=size))
+        if est.ram <= limits.memory:
+            break
+        size = max(w.batch_size, (size // 2) // w.batch_size * w.batch_size)
+    return size
 
 
 def suggest_extract(w: ExtractWorkload, limits: Limits) -> list[str]:

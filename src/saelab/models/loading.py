@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -307,13 +306,15 @@ def load_model(
             kwargs["device_map"] = {"": dev.index or 0}
         elif dtype == "int8" and dev.type != "cpu":
             raise SaelabError(
-                f"--dtype int8 works on cpu (dynamic int8) and cuda (bitsandbytes), not on"
+                f"--dtype int8 works on cpu (weight-only int8) and cuda (bitsandbytes), not on"
                 f" {dev.type}; use float16 or bfloat16"
             )
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if dtype == "int8" and dev.type == "cpu":
-        model = _dynamic_int8(model)
+        from saelab.models.int8 import quantize_int8
+
+        model = quantize_int8(model)
     elif "device_map" not in kwargs:
         model = model.to(dev)
     model.eval()
@@ -332,20 +333,3 @@ def load_model(
         n_layers=n_layers,
         d_model=d_model,
     )
-
-
-def _dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """CPU int8: linear layers become dynamically quantized (weights int8, activations float)."""
-    logging.getLogger("torch.ao").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        # The (tied) output head stays float: quantizing it would also change the embeddings.
-        head = getattr(model, "lm_head", None)
-        targets = {
-            name
-            for name, mod in model.named_modules()
-            if isinstance(mod, torch.nn.Linear) and mod is not head
-        }
-        return quantize_dynamic(model, targets, dtype=torch.qint8)

@@ -95,6 +95,8 @@ def refuse_if_too_big(plan: PlanResult) -> None:
 def run_extract(options: ExtractOptions, lm: LoadedModel | None = None) -> ExtractResult:
     """Plan, check the budget, then extract (or resume) into the run folder."""
     t_start = time.perf_counter()
+    if lm is not None and lm.dtype != options.dtype:
+        lm = None  # a model loaded for another dtype cannot produce this run's numbers
     with PeakSampler() as sampler:
         plan, lm = plan_extract(options, calibrate=False, lm=lm)
         refuse_if_too_big(plan)

@@ -17,7 +17,7 @@ from saelab.budget.estimate import (
     default_shard_size,
     estimate_extract,
 )
-from saelab.budget.planner import Budget, Limits, auto_batch_size
+from saelab.budget.planner import Budget, Limits, auto_batch_size, fit_shard_size
 from saelab.data import DEMO_SOURCE, PromptTable, demo_prompts, read_prompts
 from saelab.errors import SaelabError
 from saelab.models.capture import POSITIONS
@@ -235,6 +235,7 @@ def resolve_sizes(job: ExtractJob) -> None:
         job.shard_size = int(recorded["shard_size"])
     else:
         job.shard_size = default_shard_size(job.workload(shard_size=1))
+        job.shard_size = fit_shard_size(job.workload(), job.limits, estimate_extract)
 
 
 def _gpu_total(device: str) -> int | None:
