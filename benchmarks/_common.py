@@ -23,7 +23,7 @@ import statistics
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,17 @@ _SKIP_PARTS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packag
 
 def stdlib_docstrings(min_chars: int = 200, limit: int | None = None) -> list[str]:
     """Docstrings of stdlib modules, classes and functions (>= min_chars), in a fixed order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
     out: list[str] = []
+    for doc in iter_stdlib_docstrings(min_chars):
+        out.append(doc)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def iter_stdlib_docstrings(min_chars: int = 200) -> Iterator[str]:
+    """The same docstrings lazily (parsing the whole stdlib takes ~4 s; most uses need less)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
     seen: set[str] = set()
     for path in sorted(root.rglob("*.py")):
         if _SKIP_PARTS & set(path.relative_to(root).parts):
@@ -99,10 +108,7 @@ def stdlib_docstrings(min_chars: int = 200, limit: int | None = None) -> list[st
             if len(doc) < min_chars or doc in seen:
                 continue
             seen.add(doc)
-            out.append(doc)
-            if limit is not None and len(out) >= limit:
-                return out
-    return out
+            yield doc
 
 
 def token_windows(tokenizer: Any, n: int, length: int, bos: int | None) -> list[list[int]]:
@@ -113,7 +119,7 @@ def token_windows(tokenizer: Any, n: int, length: int, bos: int | None) -> list[
     body = length - (1 if bos is not None else 0)
     windows: list[list[int]] = []
     stream: list[int] = []
-    for doc in stdlib_docstrings():
+    for doc in iter_stdlib_docstrings():
         stream += tokenizer(doc + "\n\n", add_special_tokens=False)["input_ids"]
         while len(stream) >= body:
             windows.append(([bos] if bos is not None else []) + stream[:body])

@@ -125,6 +125,8 @@ def parse_hook(
         if hp is not None:
             _layer(hp.layer, n_layers, spec)
             return [hp]
+    if m and "." not in m.group(1):
+        _site(m.group(1), spec)  # SITE.L with an unknown SITE: say which sites exist
     raise SaelabError(
         f"cannot read hook {spec!r}: write blocks.L.hook_SITE, SITE.L, SITE.A-B or SITE.* with"
         f" SITE one of {', '.join(SITES)}, or a module path such as model.layers.L"

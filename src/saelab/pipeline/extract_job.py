@@ -166,6 +166,9 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
     if o.shard_size is not None and o.shard_size < 1:
         raise SaelabError(f"--shard-size {o.shard_size} must be at least 1")
     o.budget()  # parse sizes early: a typo fails before anything runs
+    from saelab.store.codecs import check_dtype, check_keep_bits
+
+    check_keep_bits(o.keep_bits, check_dtype(o.store_dtype))
     prompts = (
         demo_prompts() if o.prompts is None else read_prompts(o.prompts, text_column=o.text_column)
     )
