@@ -131,8 +131,9 @@ def weights_bytes(w: ExtractWorkload) -> tuple[int, int]:
     s = w.shape
     full_file = s.weight_bytes(w.file_dtype or "float32")
     if w.model_dtype == "int8":
-        # dynamic quantisation reads every float32 weight, then keeps int8 linears
-        return s.weight_bytes("int8") + s.embedding_params() * 4, full_file
+        # loads in float32 (reading the whole file), then keeps int8 linears + float32 rest
+        extra = s.weight_bytes("float32") + (0 if w.file_dtype == "float32" else full_file)
+        return s.weight_bytes("int8") + s.embedding_params() * 4, extra
     running = s.weight_bytes(w.model_dtype)
     if w.file_dtype == w.model_dtype and w.device == "cpu":
         # memory-mapped: only the layers the pass reaches are ever read

@@ -26,6 +26,8 @@ from saelab.pipeline.extract_job import (
 from saelab.run import config_hash
 from saelab.units import format_bytes, format_seconds
 
+_LOAD_GUESS = 3.0  # seconds to load a cached model when the plan does not load it
+
 
 @dataclass
 class PlanResult:
@@ -78,7 +80,7 @@ def estimate_job(
     if calibration is not None:
         est = estimate_extract(w, tokens_per_s=calibration.tokens_per_s, load_seconds=load_seconds)
     else:
-        est = estimate_extract(w, flops_per_s=machine_flops(), load_seconds=load_seconds or 3.0)
+        est = estimate_extract(w, flops_per_s=machine_flops(), load_seconds=load_seconds)
     assert job.limits is not None
     verdict = judge(est, job.limits)
     if not verdict.fits:
@@ -89,17 +91,21 @@ def estimate_job(
 def plan_extract(
     options: ExtractOptions, calibrate: bool = True, lm: LoadedModel | None = None
 ) -> tuple[PlanResult, LoadedModel | None]:
-    """Plan an extract run; with `calibrate`, load the model and time real batches."""
+    """Plan an extract run; with `calibrate`, load the model and time real batches.
+
+    The predicted time counts from here: describing the model and importing transformers
+    cost a fresh process seconds, and the real run pays them too.
+    """
+    t0 = time.perf_counter()
     job = prepare_extract(options)
     tok = lm.tokenizer if lm is not None else load_tokenizer(job)
     if tok is not None:
         job.tokens = tokenize_for(job, tok)
     resolve_sizes(job)
     calibration = None
-    load_seconds = None
+    load_seconds = time.perf_counter() - t0 + (_LOAD_GUESS if lm is None else 0.0)
     if calibrate:
         if lm is None:
-            t0 = time.perf_counter()
             lm = load_model(
                 options.model, dtype=options.dtype, device=job.device, quiet=options.quiet
             )
