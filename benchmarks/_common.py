@@ -145,6 +145,17 @@ def rotated(names: Sequence[str], round_index: int) -> list[str]:
     return list(names[k:]) + list(names[:k])
 
 
+def another_round(done: int, min_rounds: int, max_rounds: int, t_start: float, budget: float) -> bool:
+    """Whether to start round `done + 1`: always up to min_rounds, never past max_rounds, and
+    in between only if it should end within the time budget (judged by the mean round)."""
+    if done < min_rounds:
+        return True
+    if done >= max_rounds:
+        return False
+    elapsed = time.perf_counter() - t_start
+    return elapsed + elapsed / done <= budget
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 

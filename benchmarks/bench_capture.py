@@ -106,9 +106,7 @@ def main() -> None:
     times: dict[str, list[list[float]]] = {n: [] for n in names}
     t_loop = time.perf_counter()
     rounds = 0
-    while rounds < max_rounds and (
-        rounds < min_rounds or time.perf_counter() - t_loop < budget
-    ):
+    while C.another_round(rounds, min_rounds, max_rounds, t_loop, budget):
         for n in names:
             times[n].append([0.0] * n_batches)
         for k in range(n_batches):

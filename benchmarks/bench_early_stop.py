@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per prompt (default 128)")
     p.add_argument("--budget", type=float, default=None, help="seconds of timed rounds")
     a = p.parse_args()
-    budget = a.budget or (10.0 if a.quick else 65.0)
+    budget = a.budget or (10.0 if a.quick else 60.0)
     min_rounds, max_rounds = (2, 3) if a.quick else (3, 12)
     a.batch_size = a.batch_size or (2 if a.quick else 4)
 
@@ -74,7 +74,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in names}
     t_loop = time.perf_counter()
     rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - t_loop < budget):
+    while C.another_round(rounds, min_rounds, max_rounds, t_loop, budget):
         k = rounds % n_batches
         for name in C.rotated(names, rounds):
             times[name].append(C.timed(lambda: run(name, k)))

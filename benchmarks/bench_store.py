@@ -126,9 +126,7 @@ def main() -> None:
     try:
         t_loop = time.perf_counter()
         rounds = 0
-        while rounds < max_rounds and (
-            rounds < min_rounds or time.perf_counter() - t_loop < budget
-        ):
+        while C.another_round(rounds, min_rounds, max_rounds, t_loop, budget):
             folder = base / f"round{rounds}"
             folder.mkdir()
             paths = {m: folder / suffix[m] for m in methods}
@@ -149,6 +147,8 @@ def main() -> None:
             rounds += 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+    parts = _write_breakdown(per_prompt, names, token_ids, n_prompts, a.dir)
 
     def paired(t: dict[str, list[float]], m: str) -> list[float]:
         return [b / c for b, c in zip(t["gzip_pickle"], t[m])]
@@ -174,6 +174,16 @@ def main() -> None:
     )
     C.print_table(rows)
     print(f"check: saelab store reads back bit-exact: {exact}")
+    C.print_table(
+        [
+            {
+                "saelab write, by part (median of 3)": k,
+                "seconds": v,
+                "MB/s of raw activations": C.mb(raw_bytes) / v if v > 0 else None,
+            }
+            for k, v in parts.items()
+        ]
+    )
     size_ratio = sizes["gzip_pickle"] / sizes["saelab"]
     speed = C.median(paired(tw, "saelab"))
     print(
@@ -215,6 +225,7 @@ def main() -> None:
             "write_seconds": tw,
             "read_seconds": tr,
             "bit_exact": exact,
+            "saelab_write_parts_seconds": parts,
             "summary": {
                 "size_ratio_gzip_over_saelab": size_ratio,
                 "write_speedup": speed,
@@ -223,6 +234,65 @@ def main() -> None:
             },
         },
     )
+
+
+def _write_breakdown(per_prompt, names, token_ids, n_prompts, where) -> dict[str, float]:  # noqa: ANN001
+    """Where saelab's write time goes (medians of 3): the parts it shares with any store
+    (concatenation, float16 check, the shuffle+zstd codec itself on the same chunks) against
+    the whole write_shard call; the rest is zarr's write pipeline, metadata and hashing."""
+    import numpy as np
+    import torch
+    from numcodecs import Shuffle, Zstd
+
+    from saelab.run import tree_digests
+    from saelab.store import ActivationWriter
+    from saelab.store.activations import _rows_per_chunk
+    from saelab.store.codecs import DTYPES, ZSTD_LEVEL, encode_rows
+
+    dt = DTYPES["float16"]
+    shuffle, zstd = Shuffle(elementsize=2), Zstd(level=ZSTD_LEVEL)
+    res: dict[str, list[float]] = {
+        "torch.cat of per-prompt rows": [],
+        "encode_rows (cast + overflow check)": [],
+        "bare codec: shuffle + zstd per chunk": [],
+        "sha256 of the written files": [],
+        "whole write_shard call": [],
+    }
+    base = Path(tempfile.mkdtemp(prefix="saelab-bench-parts-", dir=where))
+    try:
+        for k in range(3):
+            t0 = time.perf_counter()
+            cat = {h: torch.cat(per_prompt[h]) for h in names}
+            res["torch.cat of per-prompt rows"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            enc = {h: encode_rows(cat[h], dt, None, h) for h in names}
+            res["encode_rows (cast + overflow check)"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for h in names:
+                x = enc[h]
+                step = _rows_per_chunk(x.shape[1], 2, x.shape[0])
+                for i in range(0, x.shape[0], step):
+                    zstd.encode(shuffle.encode(np.ascontiguousarray(x[i : i + step])))
+            res["bare codec: shuffle + zstd per chunk"].append(time.perf_counter() - t0)
+            root = base / f"s{k}"
+            writer = ActivationWriter(root, hooks=names, d_model={h: 576 for h in names})
+            t0 = time.perf_counter()
+            writer.write_shard(
+                0,
+                prompt_index=np.arange(n_prompts, dtype=np.int64),
+                token_ids=[t.numpy() for t in token_ids],
+                acts=cat,
+            )
+            res["whole write_shard call"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            tree_digests(root / "shards" / "00000", base=root)
+            res["sha256 of the written files"].append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    out = {k: C.median(v) for k, v in res.items()}
+    known = sum(v for k, v in out.items() if k not in ("whole write_shard call", "torch.cat of per-prompt rows"))
+    out["rest: zarr pipeline, files, metadata"] = out["whole write_shard call"] - known
+    return out
 
 
 if __name__ == "__main__":

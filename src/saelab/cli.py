@@ -43,7 +43,12 @@ Hooks = Annotated[
 ]
 Positions = Annotated[str, typer.Option(help="all | last | mean (over each prompt's tokens)")]
 Dtype = Annotated[str, typer.Option(help="model compute dtype: float32, float16, bfloat16, int8")]
-StoreDtype = Annotated[str, typer.Option(help="stored dtype: float16, bfloat16, float32")]
+StoreDtype = Annotated[
+    str,
+    typer.Option(
+        help="stored dtype: auto (float16; bfloat16 for Gemma), float16, bfloat16, float32"
+    ),
+]
 KeepBits = Annotated[
     int | None, typer.Option(help="lossy: keep N mantissa bits (smaller store; default lossless)")
 ]
@@ -80,7 +85,7 @@ def plan(
     hooks: Hooks = "resid_post.*",
     positions: Positions = "all",
     dtype: Dtype = "float32",
-    store_dtype: StoreDtype = "float16",
+    store_dtype: StoreDtype = "auto",
     keep_bits: KeepBits = None,
     device: Device = "auto",
     batch_size: BatchSize = "auto",
@@ -120,7 +125,7 @@ def extract(
     hooks: Hooks = "resid_post.*",
     positions: Positions = "all",
     dtype: Dtype = "float32",
-    store_dtype: StoreDtype = "float16",
+    store_dtype: StoreDtype = "auto",
     keep_bits: KeepBits = None,
     device: Device = "auto",
     batch_size: BatchSize = "auto",

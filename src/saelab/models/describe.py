@@ -26,6 +26,11 @@ class ModelInfo:
     file_dtype: str  # dtype of the weights saelab will load from
     folder: Path | None  # local HF-style folder if one exists already
     gguf_pending_bytes: int  # > 0 when a GGUF file must still be converted
+    config: dict | None = None  # the raw config.json when there is one
+
+    def adapter_config(self) -> dict:
+        """What `adapter_for` needs: the real config, else the family from the shape."""
+        return self.config or {"model_type": self.shape.family}
 
 
 def safetensors_dtype(folder: Path) -> str | None:
@@ -66,19 +71,20 @@ def describe_model(spec: str) -> ModelInfo:
         cached = gguf_cache_path(gguf)
         if (cached / "saelab-cache.json").is_file():
             cfg = json.loads((cached / "config.json").read_text())
-            return ModelInfo(source, shape_from_config(cfg, source.name), "float32", cached, 0)
+            shape = shape_from_config(cfg, source.name)
+            return ModelInfo(source, shape, "float32", cached, 0, cfg)
         shape = shape_from_gguf(gguf, name=source.name)
         return ModelInfo(source, shape, "float32", None, os.path.getsize(gguf))
     if source.kind == "folder":
         folder = Path(source.location)
         cfg = json.loads((folder / "config.json").read_text())
         dtype = safetensors_dtype(folder) or _config_dtype(cfg) or "float32"
-        return ModelInfo(source, shape_from_config(cfg, source.name), dtype, folder, 0)
+        return ModelInfo(source, shape_from_config(cfg, source.name), dtype, folder, 0, cfg)
     folder = _cached_hub_folder(source.location)
     if folder is not None and (folder / "config.json").is_file():
         cfg = json.loads((folder / "config.json").read_text())
         dtype = safetensors_dtype(folder) or _config_dtype(cfg) or "float32"
-        return ModelInfo(source, shape_from_config(cfg, source.name), dtype, folder, 0)
+        return ModelInfo(source, shape_from_config(cfg, source.name), dtype, folder, 0, cfg)
     shape = builtin_shape(source.location)
     if shape is None:
         raise SaelabError(

@@ -155,7 +155,7 @@ def _extract_shards(job: ExtractJob, lm: LoadedModel, chash: str) -> int:
         job.run.path / STORE_DIR,
         hooks=[h.name for h in hooks],
         d_model={h.name: lm.d_model for h in hooks},
-        dtype=o.store_dtype,
+        dtype=job.store_dtype,
         keep_bits=o.keep_bits,
         positions=o.positions,
         attrs={
@@ -196,7 +196,7 @@ def _extract_shards(job: ExtractJob, lm: LoadedModel, chash: str) -> int:
             ):
                 for h in hooks:
                     for r, j in enumerate(bidx):
-                        rows[h.name][j] = _to_store_dtype(out[h][r], o.store_dtype, h.name)
+                        rows[h.name][j] = _to_store_dtype(out[h][r], job.store_dtype, h.name)
                 rep.advance(len(bidx), sum(len(token_lists[j]) for j in bidx))
             stored_tokens = [_stored_tokens(t, o.drop_bos, tokens.bos_id) for t in token_lists]
             acts = {name: torch.cat(parts) for name, parts in rows.items()}  # type: ignore[arg-type]

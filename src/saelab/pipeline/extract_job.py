@@ -43,7 +43,7 @@ class ExtractOptions:
     hooks: str | list[str] = DEFAULT_HOOKS  # e.g. "resid_post.0-29,mlp_out.5"
     positions: str = "all"  # all | last | mean
     dtype: str = "float32"  # compute dtype of the model
-    store_dtype: str = "float16"  # dtype of stored activations
+    store_dtype: str = "auto"  # stored dtype; auto = float16, bfloat16 for Gemma (see below)
     keep_bits: int | None = None  # lossy bit-rounding of stored mantissas
     device: str = "auto"
     batch_size: str | int = "auto"
@@ -77,6 +77,7 @@ class ExtractJob:
     hooks: list[HookPoint]
     device: str
     run: RunFolder
+    store_dtype: str = "float16"
     tokens: TokenizedPrompts | None = None
     batch_size: int = 1
     shard_size: int = 1
@@ -99,7 +100,7 @@ class ExtractJob:
             tokens=self.token_stats(),
             positions=self.options.positions,
             model_dtype=self.options.dtype,
-            store_dtype=self.options.store_dtype,
+            store_dtype=self.store_dtype,
             batch_size=self.batch_size,
             shard_size=self.shard_size,
             device=self.device,
@@ -122,7 +123,7 @@ class ExtractJob:
             "hooks": [h.name for h in self.hooks],
             "positions": o.positions,
             "dtype": o.dtype,
-            "store_dtype": o.store_dtype,
+            "store_dtype": self.store_dtype,
             "keep_bits": o.keep_bits,
             "device": self.device,
             "batch_size": self.batch_size,
@@ -159,16 +160,13 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
     """Validate options; resolve hooks, device, run folder. Cheap: loads no weights."""
     _choose(o.positions, POSITIONS, "--positions")
     _choose(o.dtype, DTYPES, "--dtype")
-    _choose(o.store_dtype, STORE_DTYPES, "--store-dtype")
+    _choose(o.store_dtype, ("auto", *STORE_DTYPES), "--store-dtype")
     _choose(o.padding_side, ("right", "left"), "--padding-side")
     if o.max_length is not None and o.max_length < 1:
         raise SaelabError(f"--max-length {o.max_length} must be at least 1")
     if o.shard_size is not None and o.shard_size < 1:
         raise SaelabError(f"--shard-size {o.shard_size} must be at least 1")
     o.budget()  # parse sizes early: a typo fails before anything runs
-    from saelab.store.codecs import check_dtype, check_keep_bits
-
-    check_keep_bits(o.keep_bits, check_dtype(o.store_dtype))
     prompts = (
         demo_prompts() if o.prompts is None else read_prompts(o.prompts, text_column=o.text_column)
     )
@@ -179,25 +177,35 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
     info = describe_model(o.model)
     from saelab.models.adapters import adapter_for
 
-    adapter = adapter_for({"model_type": _model_type(info)})
+    adapter = adapter_for(info.adapter_config())
     hooks = parse_hooks(o.hooks, info.shape.n_layers, adapter.hook_for_module_path)
+    for h in hooks:
+        adapter.site(h, adapter.layers[0])  # e.g. resid_mid of a parallel-residual block
     patterns = [h.name for h in hooks if h.site == "pattern"]
     if patterns:
         raise SaelabError(
             f"hook {patterns[0]} is an attention map, not a residual activation: the dense store"
             " holds resid/attn_out/mlp_out hooks only; drop it from --hooks"
         )
+    store_dtype = resolve_store_dtype(o.store_dtype, info.shape.family)
+    from saelab.store.codecs import check_dtype, check_keep_bits
+
+    check_keep_bits(o.keep_bits, check_dtype(store_dtype))
     device = resolve_device(o.device).type
     run_dir = Path(o.run) if o.run else default_run_dir(prompts, info.source.name)
-    job = ExtractJob(o, prompts, info, hooks, device, RunFolder(run_dir))
+    job = ExtractJob(o, prompts, info, hooks, device, RunFolder(run_dir), store_dtype)
     if tokenizer is not None:
         job.tokens = tokenize_for(job, tokenizer)
     return job
 
 
-def _model_type(info: ModelInfo) -> str:
-    fam = info.shape.family
-    return {"gpt_neox": "gpt_neox"}.get(fam, fam)
+def resolve_store_dtype(choice: str, family: str) -> str:
+    """float16 halves the store and is exact enough, but Gemma's residual stream exceeds
+    its range (Gemma 3 270M reaches ~6.8e4 by layer 7, float16 stops at 65504), so Gemma
+    families get bfloat16 unless the user chose."""
+    if choice != "auto":
+        return choice
+    return "bfloat16" if family in ("gemma2", "gemma3") else "float16"
 
 
 def tokenize_for(job: ExtractJob, tokenizer: Any) -> TokenizedPrompts:
