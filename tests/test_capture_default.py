@@ -6,7 +6,7 @@ import torch
 
 from saelab.models import HookPoint, parse_hooks, tokenize_prompts
 from saelab.models.capture import HookCapture, capture_prompts, make_batch
-from tests.conftest import rel_err
+from tests.conftest import hidden_states, rel_err
 
 TEXTS = [
     "The capital of France is",
@@ -30,13 +30,7 @@ def test_resid_post_equals_hidden_states_and_last_layer_is_pre_norm(smol):
     b = make_batch(tp.ids, smol.pad_id)
     with HookCapture(smol.model, smol.adapter, hooks) as cap:
         v = cap.run(b)
-    with torch.no_grad():
-        hs = smol.model(
-            input_ids=b.input_ids,
-            attention_mask=b.attention_mask,
-            position_ids=b.position_ids,
-            output_hidden_states=True,
-        ).hidden_states
+    hs = hidden_states(smol.model, b)
     m = b.attention_mask.bool()
     for layer in range(smol.n_layers - 1):
         assert rel_err(v[HookPoint(layer, "resid_post")][m], hs[layer + 1][m]) < 1e-6

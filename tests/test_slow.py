@@ -10,13 +10,12 @@ import sys
 import time
 
 import pytest
-import torch
 
 from saelab.models import HookPoint, load_model, parse_hooks, tokenize_prompts
 from saelab.models.capture import HookCapture, make_batch
 from saelab.run import tree_digests
 from saelab.store import open_activations
-from tests.conftest import rel_err
+from tests.conftest import hidden_states, rel_err
 
 pytestmark = pytest.mark.slow
 
@@ -91,13 +90,7 @@ def test_gemma3_adapter_on_the_real_model(gemma):
     b = make_batch(tp.ids, gemma.pad_id, "left")
     with HookCapture(gemma.model, gemma.adapter, hooks) as cap:
         v = cap.run(b)
-    with torch.no_grad():
-        hs = gemma.model(
-            input_ids=b.input_ids,
-            attention_mask=b.attention_mask,
-            position_ids=b.position_ids,
-            output_hidden_states=True,
-        ).hidden_states
+    hs = hidden_states(gemma.model, b)
     m = b.attention_mask.bool()
 
     def g(site, layer=4):
