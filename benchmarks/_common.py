@@ -133,9 +133,10 @@ def token_windows(tokenizer: Any, n: int, length: int, bos: int | None) -> list[
 # -- timing --------------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], Any]) -> float:
+def timed(fn: Callable[..., Any], *args: Any) -> float:
+    """Seconds one call of fn(*args) takes."""
     t0 = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - t0
 
 
@@ -145,7 +146,9 @@ def rotated(names: Sequence[str], round_index: int) -> list[str]:
     return list(names[k:]) + list(names[:k])
 
 
-def another_round(done: int, min_rounds: int, max_rounds: int, t_start: float, budget: float) -> bool:
+def another_round(
+    done: int, min_rounds: int, max_rounds: int, t_start: float, budget: float
+) -> bool:
     """Whether to start round `done + 1`: always up to min_rounds, never past max_rounds, and
     in between only if it should end within the time budget (judged by the mean round)."""
     if done < min_rounds:
@@ -200,11 +203,19 @@ def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     if title:
         print(f"\n{title}")
-    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))))
+    print(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+        )
+    )
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print(
-            "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
         )
 
 

@@ -70,7 +70,9 @@ def main() -> None:
     def hidden_states(k: int) -> None:
         ids, mask = tensors[k]
         with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+            out = model(
+                input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True
+            )
         assert len(out.hidden_states) == lm.n_layers + 1
 
     def base_model(k: int) -> None:
@@ -81,7 +83,7 @@ def main() -> None:
 
     def saelab(k: int) -> None:
         n = 0
-        for idx, out in capture_prompts(
+        for _idx, out in capture_prompts(
             model, lm.adapter, hooks, batches[k], pad_id=lm.pad_id, batch_size=a.batch_size
         ):
             n += sum(int(t.shape[0]) for t in out[hooks[0]])
@@ -111,7 +113,7 @@ def main() -> None:
             times[n].append([0.0] * n_batches)
         for k in range(n_batches):
             for n in C.rotated(names, rounds * n_batches + k):
-                times[n][rounds][k] = C.timed(lambda: methods[n](k))
+                times[n][rounds][k] = C.timed(methods[n], k)
         rounds += 1
 
     def paired(base: str, n: str) -> list[float]:

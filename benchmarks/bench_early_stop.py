@@ -77,13 +77,11 @@ def main() -> None:
     while C.another_round(rounds, min_rounds, max_rounds, t_loop, budget):
         k = rounds % n_batches
         for name in C.rotated(names, rounds):
-            times[name].append(C.timed(lambda: run(name, k)))
+            times[name].append(C.timed(run, name, k))
         rounds += 1
 
     tokens = a.batch_size * a.seq_len
-    fractions = {
-        name: [times[name][r] / times["full"][r] for r in range(rounds)] for name in names
-    }
+    fractions = {name: [times[name][r] / times["full"][r] for r in range(rounds)] for name in names}
     rows = []
     results = {}
     for name in names:

@@ -131,16 +131,14 @@ def main() -> None:
             folder.mkdir()
             paths = {m: folder / suffix[m] for m in methods}
             for m in C.rotated(methods, rounds):
-                tw[m].append(C.timed(lambda: write[m](paths[m])))
+                tw[m].append(C.timed(write[m], paths[m]))
             for m in C.rotated(methods, rounds + 1):
-                tr[m].append(C.timed(lambda: read[m](paths[m])))
+                tr[m].append(C.timed(read[m], paths[m]))
             if rounds == 0:
                 sizes = {m: size(paths[m]) for m in methods}
                 st = open_activations(paths["saelab"])
                 exact = all(
-                    np.array_equal(
-                        st[h].to_numpy(), torch.cat(per_prompt[h]).float().numpy()
-                    )
+                    np.array_equal(st[h].to_numpy(), torch.cat(per_prompt[h]).float().numpy())
                     for h in names
                 )
             shutil.rmtree(folder)
@@ -151,7 +149,7 @@ def main() -> None:
     parts = _write_breakdown(per_prompt, names, token_ids, n_prompts, a.dir)
 
     def paired(t: dict[str, list[float]], m: str) -> list[float]:
-        return [b / c for b, c in zip(t["gzip_pickle"], t[m])]
+        return [b / c for b, c in zip(t["gzip_pickle"], t[m], strict=True)]
 
     rows = []
     for m in methods:
@@ -290,7 +288,11 @@ def _write_breakdown(per_prompt, names, token_ids, n_prompts, where) -> dict[str
     finally:
         shutil.rmtree(base, ignore_errors=True)
     out = {k: C.median(v) for k, v in res.items()}
-    known = sum(v for k, v in out.items() if k not in ("whole write_shard call", "torch.cat of per-prompt rows"))
+    known = sum(
+        v
+        for k, v in out.items()
+        if k not in ("whole write_shard call", "torch.cat of per-prompt rows")
+    )
     out["rest: zarr pipeline, files, metadata"] = out["whole write_shard call"] - known
     return out
 

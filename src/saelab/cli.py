@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from saelab.errors import SaelabError
+
+if TYPE_CHECKING:
+    from saelab.pipeline.extract_job import ExtractOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -68,12 +71,12 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")
 Debug = Annotated[bool, typer.Option(help="show tracebacks")]
 
 
-def _options(**kw: object):  # noqa: ANN202
+def _options(**kw: Any) -> ExtractOptions:
     from saelab.pipeline.extract_job import ExtractOptions
 
     kw["prepend_bos"] = kw.pop("bos")
     kw.pop("debug", None)
-    return ExtractOptions(**kw)  # type: ignore[arg-type]
+    return ExtractOptions(**kw)
 
 
 @app.command()

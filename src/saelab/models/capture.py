@@ -13,12 +13,13 @@ Padding rows never leave this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from saelab.errors import SaelabError
 from saelab.models.adapters import Adapter, Site
 from saelab.models.hooks import HookPoint
 
@@ -113,7 +114,7 @@ class HookCapture:
         if self.stop_early and not self._pending:
             raise _StopForward
 
-    def _pre_hook(self, module: str, hps: list[HookPoint]):  # noqa: ANN202
+    def _pre_hook(self, module: str, hps: list[HookPoint]) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             for h in hps:
                 self.values[h] = self.sites[h].read_input(args, kwargs).detach()
@@ -121,7 +122,7 @@ class HookCapture:
 
         return hook
 
-    def _post_hook(self, module: str, hps: list[HookPoint]):  # noqa: ANN202
+    def _post_hook(self, module: str, hps: list[HookPoint]) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             for h in hps:
                 value = self.sites[h].read_output(output)
@@ -202,11 +203,14 @@ def capture_prompts(
     padding_side: str = "right",
     device: torch.device | str = "cpu",
     stop_early: bool = True,
+    out_dtype: torch.dtype | None = None,
 ) -> Iterator[tuple[list[int], dict[HookPoint, list[torch.Tensor]]]]:
     """Yield (prompt indices, per-hook list of per-prompt tensors) batch by batch.
 
-    Tensors are detached CPU copies in the model's dtype (float32 for `mean`). With
-    `drop_bos`, a prompt's first token is skipped when it is the BOS token.
+    Tensors are detached CPU copies in `out_dtype` (default: the model's dtype; float32 for
+    `mean`): casting here, straight from the padded batch, means no full-precision copy of a
+    batch is ever held beside the one the caller keeps. With `drop_bos`, a prompt's first
+    token is skipped when it is the BOS token.
     """
     with HookCapture(model, adapter, hooks) as cap:
         for idx in length_sorted_batches([len(t) for t in token_lists], batch_size):
@@ -219,5 +223,21 @@ def capture_prompts(
                     skip = False
                 for h in hooks:
                     sel = select_positions(values[h], batch, r, positions, skip)
-                    out[h].append(sel.to("cpu", copy=True))
+                    out[h].append(_cast(sel, out_dtype, h))
+            del values
             yield idx, out
+
+
+_F16_MAX = 65504.0
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype | None, hook: HookPoint) -> torch.Tensor:
+    """A CPU copy in `dtype`; refuses float16 overflow instead of storing inf."""
+    if dtype is None or dtype == x.dtype:
+        return x.to("cpu", copy=True)
+    if dtype == torch.float16 and x.numel() and float(x.abs().max()) > _F16_MAX:
+        raise SaelabError(
+            f"activations of {hook.name} reach {float(x.abs().max()):.3g}, beyond float16's"
+            " range (65504); store them as bfloat16 or float32 (--store-dtype)"
+        )
+    return x.to("cpu", dtype=dtype, copy=True)

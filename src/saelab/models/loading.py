@@ -24,6 +24,7 @@ import torch
 
 from saelab.errors import SaelabError
 from saelab.models.adapters import Adapter, adapter_for
+from saelab.models.hooks import HookPoint
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -225,7 +226,7 @@ class LoadedModel:
                 return int(cand)
         return 0
 
-    def hook_for_module_path(self, path: str):  # noqa: ANN201
+    def hook_for_module_path(self, path: str) -> HookPoint | None:
         return self.adapter.hook_for_module_path(path)
 
     def use_eager_attention(self) -> None:

@@ -73,18 +73,6 @@ def _unit_digest(files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _to_store_dtype(x: torch.Tensor, dtype: str, hook: str) -> torch.Tensor:
-    """Cast each batch at once so a shard is held in the (small) store dtype."""
-    if dtype == "float16" and x.dtype != torch.float16 and x.numel():
-        peak = float(x.abs().max())
-        if peak > 65504:
-            raise SaelabError(
-                f"activations of {hook} reach {peak:.3g}, beyond float16's range (65504);"
-                " use --store-dtype bfloat16 or float32"
-            )
-    return x.to(_TORCH_STORE[dtype])
-
-
 def refuse_if_too_big(plan: PlanResult) -> None:
     v = plan.verdict
     if not v.fits:
@@ -193,10 +181,12 @@ def _extract_shards(job: ExtractJob, lm: LoadedModel, chash: str) -> int:
                 bos_id=tokens.bos_id,
                 padding_side=o.padding_side,
                 device=lm.device,
+                out_dtype=_TORCH_STORE[job.store_dtype],
             ):
                 for h in hooks:
                     for r, j in enumerate(bidx):
-                        rows[h.name][j] = _to_store_dtype(out[h][r], job.store_dtype, h.name)
+                        rows[h.name][j] = out[h][r]
+                del out  # else the batch's tensors live on through the next forward pass
                 rep.advance(len(bidx), sum(len(token_lists[j]) for j in bidx))
             stored_tokens = [_stored_tokens(t, o.drop_bos, tokens.bos_id) for t in token_lists]
             acts = {name: torch.cat(parts) for name, parts in rows.items()}  # type: ignore[arg-type]

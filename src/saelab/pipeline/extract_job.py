@@ -7,7 +7,7 @@ share this step, so they always agree on what the run will be.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,6 @@ class ExtractJob:
     batch_size: int = 1
     shard_size: int = 1
     limits: Limits | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def token_stats(self) -> TokenStats:
         if self.tokens is not None:
@@ -255,7 +254,3 @@ def _gpu_total(device: str) -> int | None:
     import torch
 
     return int(torch.cuda.get_device_properties(0).total_memory)
-
-
-def options_dict(o: ExtractOptions) -> dict[str, Any]:
-    return asdict(o)

@@ -15,6 +15,7 @@ from typing import Any
 from saelab.budget.calibrate import Calibration, calibrate_capture, machine_flops
 from saelab.budget.estimate import Estimate, estimate_extract
 from saelab.budget.planner import Verdict, judge, suggest_extract
+from saelab.models.describe import describe_model
 from saelab.models.loading import LoadedModel, load_model
 from saelab.pipeline.extract_job import (
     ExtractJob,
@@ -111,20 +112,14 @@ def plan_extract(
             )
             load_seconds = time.perf_counter() - t0
             if job.tokens is None:
+                # the GGUF file was converted while loading: describe the cached copy
+                job.info = describe_model(options.model)
                 job.tokens = tokenize_for(job, lm.tokenizer)
                 resolve_sizes(job)
-                job.info = _refreshed(job)
         calibration = calibrate_capture(
             lm, job.hooks, job.tokens.ids, job.batch_size, options.padding_side
         )
     return estimate_job(job, calibration, load_seconds), lm
-
-
-def _refreshed(job: ExtractJob):  # noqa: ANN202
-    """After a GGUF conversion the model is cached: re-describe it (no conversion pending)."""
-    from saelab.models.describe import describe_model
-
-    return describe_model(job.options.model)
 
 
 def record_plan(result: PlanResult) -> None:
