@@ -147,7 +147,7 @@ def test_bf16_bit_rounding_keeps_specials_and_rounds_to_even() -> None:
 def test_float16_overflow_is_refused(tmp_path: Path) -> None:
     w = ActivationWriter(tmp_path, hooks=["h"], d_model={"h": 2}, positions="last")
     acts = {"h": torch.tensor([[1.0, 7e4]])}
-    with pytest.raises(SaelabError, match="beyond float16's range.*--dtype bfloat16"):
+    with pytest.raises(SaelabError, match="beyond float16's range.*--store-dtype bfloat16"):
         w.write_shard(0, prompt_index=np.array([0]), token_ids=[np.array([1, 2])], acts=acts)
     assert not w.has_shard(0) and not list((tmp_path / "shards").glob(".tmp-*"))
 

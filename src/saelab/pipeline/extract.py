@@ -21,7 +21,7 @@ import torch
 
 from saelab import __version__
 from saelab.budget.measure import PeakSampler, dir_size, gpu_peak_bytes, process_peak_rss
-from saelab.errors import BudgetError, SaelabError
+from saelab.errors import BudgetError
 from saelab.models.capture import capture_prompts
 from saelab.models.loading import LoadedModel, load_model, local_folder
 from saelab.pipeline.extract_job import ExtractJob, ExtractOptions
