@@ -27,8 +27,10 @@ import numpy as np
 import zarr
 
 from saelab.errors import SaelabError
-from saelab.run import atomic_dir, atomic_write_json, remove_debris, tree_digests
+from saelab.run import atomic_dir, atomic_write_json, file_digest, remove_debris
+from saelab.store.chunks import ChunkEncoder, write_chunks
 from saelab.store.codecs import (
+    ZSTD_LEVEL,
     check_dtype,
     check_keep_bits,
     codec_description,
@@ -203,15 +205,17 @@ class ActivationWriter:
                     f"acts[{h!r}] has shape {shape}, expected {(n_rows, self.d_model[h])} "
                     f"(positions={self.positions!r}, {n_prompts} prompts, {n_tokens} tokens)"
                 )
+        prefix = final.relative_to(self.root).as_posix()
+        digests: dict[str, str] = {}
         with atomic_dir(final) as tmp, quiet_numcodecs():
             group = zarr.create_group(
                 store=str(tmp),
                 zarr_format=3,
                 attributes={"n_prompts": n_prompts, "n_rows": n_rows, "n_tokens": n_tokens},
             )
-            _put(group, "prompt_index", pidx.astype(np.int64), 8)
-            _put(group, "token_ids", flat.astype(np.int32), 4)
-            _put(group, "token_offsets", offsets, 8)
+            digests.update(_put(group, tmp, "prompt_index", pidx.astype(np.int64)))
+            digests.update(_put(group, tmp, "token_ids", flat.astype(np.int32)))
+            digests.update(_put(group, tmp, "token_offsets", offsets))
             for h in self.hooks:
                 rows = encode_rows(acts[h], self._dt, self.keep_bits, h)
                 chunk = _rows_per_chunk(self.d_model[h], self._dt.itemsize, n_rows)
@@ -224,11 +228,17 @@ class ActivationWriter:
                     compressors=compressors(self._dt.itemsize),
                     fill_value=0,
                     config={"write_empty_chunks": True},
-                )[...] = rows
-        return tree_digests(final, base=self.root)
+                )
+                keep = self.keep_bits if self._dt.name != "bfloat16" else None
+                enc = ChunkEncoder(self._dt.itemsize, ZSTD_LEVEL, keep)
+                digests.update(write_chunks(tmp / h, rows, chunk, enc, tmp))
+            for meta in tmp.rglob("zarr.json"):
+                digests[meta.relative_to(tmp).as_posix()] = file_digest(meta)
+        return {f"{prefix}/{k}": v for k, v in sorted(digests.items())}
 
 
-def _put(group: zarr.Group, name: str, data: np.ndarray, itemsize: int) -> None:
+def _put(group: zarr.Group, root: Path, name: str, data: np.ndarray) -> dict[str, str]:
+    itemsize = data.dtype.itemsize
     chunk = max(1, min(_CHUNK_BYTES // itemsize, len(data)))
     group.create_array(
         name,
@@ -238,4 +248,5 @@ def _put(group: zarr.Group, name: str, data: np.ndarray, itemsize: int) -> None:
         compressors=compressors(itemsize),
         fill_value=0,
         config={"write_empty_chunks": True},
-    )[...] = data
+    )
+    return write_chunks(root / name, data, chunk, ChunkEncoder(itemsize, ZSTD_LEVEL), root)
