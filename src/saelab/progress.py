@@ -21,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from saelab.units import format_seconds
+
 _err = Console(stderr=True, soft_wrap=True)
 _out = Console(soft_wrap=True)
 
@@ -92,8 +94,12 @@ class Reporter:
         if now - self._last_line > 5 or self._done >= self.total:
             self._last_line = now
             pct = 100.0 * self._done / max(self.total, 1)
+            elapsed = now - self._t0
+            left = ""
+            if 0 < self._done < self.total:
+                left = f", {format_seconds(elapsed * (self.total - self._done) / self._done)} left"
             print(
-                f"{self.what}: {self._done}/{self.total} {self.unit} ({pct:.0f}%) {rate_txt}",
+                f"{self.what}: {self._done}/{self.total} {self.unit} ({pct:.0f}%) {rate_txt}{left}",
                 file=sys.stderr,
                 flush=True,
             )

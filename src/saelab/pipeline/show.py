@@ -69,8 +69,10 @@ def _store_table(out: Console, path: Path) -> None:
 
     store = open_activations(path)
     s = store.summary()
+    total = RunFolder(path).read_config().get("extract", {}).get("n_prompts")
+    done = f"{s['n_prompts']} of {total}" if total else str(s["n_prompts"])
     out.print(
-        f"[bold]activations[/bold]: {s['n_prompts']} prompts, {s['n_tokens']:,} tokens,"
+        f"[bold]activations[/bold]: {done} prompts done, {s['n_tokens']:,} tokens,"
         f" {s['n_rows']:,} rows per hook, {s['shards']} shard(s); positions {s['positions']},"
         f" dtype {s['dtype']}" + (f", keep_bits {s['keep_bits']}" if s.get("keep_bits") else "")
     )
