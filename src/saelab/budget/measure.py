@@ -22,7 +22,19 @@ def current_rss() -> int:
 
 
 def process_peak_rss() -> int:
-    """Peak resident memory of this process since it started (bytes)."""
+    """Peak resident memory of this process image since it started (bytes).
+
+    On Linux this is VmHWM from /proc/self/status, not `ru_maxrss`: the kernel carries the
+    parent's high-water mark into `ru_maxrss` across fork and exec, so a CLI started from a
+    2 GB test process reported 2 GB for a 1 GB run.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
