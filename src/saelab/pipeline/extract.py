@@ -49,6 +49,7 @@ class ExtractResult:
     plan: dict[str, Any]
     resumed_shards: int
     already_complete: bool = False
+    model_reused: bool = False  # the caller's loaded model was used: no load time spent
 
 
 def _shards(n: int, size: int) -> list[range]:
@@ -85,6 +86,7 @@ def run_extract(options: ExtractOptions, lm: LoadedModel | None = None) -> Extra
     t_start = time.perf_counter()
     if lm is not None and lm.dtype != options.dtype:
         lm = None  # a model loaded for another dtype cannot produce this run's numbers
+    reused = lm is not None
     with PeakSampler() as sampler:
         plan, lm = plan_extract(options, calibrate=False, lm=lm)
         refuse_if_too_big(plan)
@@ -131,7 +133,9 @@ def run_extract(options: ExtractOptions, lm: LoadedModel | None = None) -> Extra
         "disk_bytes": dir_size(run.path / STORE_DIR),
     }
     st = run.update_stage(STAGE, complete=True, measured=measured)
-    return _result(job, st, t_start, resumed)
+    result = _result(job, st, t_start, resumed)
+    result.model_reused = reused
+    return result
 
 
 def _extract_shards(job: ExtractJob, lm: LoadedModel, chash: str) -> int:
@@ -241,11 +245,16 @@ def _result(
 
 def describe_result(r: ExtractResult) -> str:
     est = r.plan.get("estimate", {}) if r.plan else {}
+    planned = est.get("seconds")
+    if planned and r.model_reused:  # the plan counted loading the model; this run did not
+        planned = max(planned - est.get("parts", {}).get("load_seconds", 0.0), 0.0)
     lines = [
         f"activations: {r.store}",
         f"  {r.n_prompts} prompts, {r.n_tokens:,} tokens, {r.rows:,} rows per hook,"
         f" {format_bytes(r.bytes_on_disk)} on disk",
-        f"  time {format_seconds(r.seconds)} (planned {format_seconds(est.get('seconds'))});"
+        f"  time {format_seconds(r.seconds)} (planned {format_seconds(planned)}"
+        + (", model already loaded" if r.model_reused else "")
+        + ");"
         f" peak RAM {format_bytes(r.peak_rss)} (planned {format_bytes(est.get('ram_bytes'))})",
     ]
     if r.resumed_shards:
