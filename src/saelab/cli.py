@@ -6,6 +6,7 @@ traceback. Progress and status go to stderr, results to stdout.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -44,7 +45,7 @@ Hooks = Annotated[
         "blocks.5.hook_resid_mid, model.layers.3 (comma-separated)"
     ),
 ]
-Positions = Annotated[str, typer.Option(help="all | last | mean (over each prompt's tokens)")]
+Positions = Annotated[str, typer.Option(help="all | last | mean; with --generate: all | generated")]
 Dtype = Annotated[str, typer.Option(help="model compute dtype: float32, float16, bfloat16, int8")]
 StoreDtype = Annotated[
     str,
@@ -67,6 +68,21 @@ MaxMemory = Annotated[str | None, typer.Option(help="RAM budget, e.g. 4GB")]
 MaxGpuMemory = Annotated[str | None, typer.Option(help="GPU memory budget, e.g. 8GB")]
 MaxDisk = Annotated[str | None, typer.Option(help="disk budget for the run, e.g. 20GB")]
 Overwrite = Annotated[bool, typer.Option(help="start the run folder's stage again")]
+Chat = Annotated[bool, typer.Option(help="wrap each prompt in the model's chat template")]
+Generate = Annotated[
+    int | None, typer.Option(help="record generation traces: up to N new tokens per prompt")
+]
+Temperature = Annotated[float, typer.Option(help="sampling temperature (0 = greedy)")]
+TopP = Annotated[float, typer.Option(help="nucleus sampling threshold")]
+Seed = Annotated[int, typer.Option(help="sampling seed")]
+Stop = Annotated[
+    list[str] | None,
+    typer.Option(help="the cleaned answer ends before this text (repeatable)"),
+]
+Attentions = Annotated[
+    str | None, typer.Option(help="record attention maps of these layers: 0,5,10-12 or all")
+]
+Heads = Annotated[str | None, typer.Option(help="keep only these heads of --attentions")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
 Debug = Annotated[bool, typer.Option(help="show tracebacks")]
 
@@ -77,46 +93,6 @@ def _options(**kw: Any) -> ExtractOptions:
     kw["prepend_bos"] = kw.pop("bos")
     kw.pop("debug", None)
     return ExtractOptions(**kw)
-
-
-@app.command()
-def plan(
-    model: Model = "default",
-    prompts: Prompts = None,
-    text_column: TextColumn = "text",
-    limit: Limit = None,
-    hooks: Hooks = "resid_post.*",
-    positions: Positions = "all",
-    dtype: Dtype = "float32",
-    store_dtype: StoreDtype = "auto",
-    keep_bits: KeepBits = None,
-    device: Device = "auto",
-    batch_size: BatchSize = "auto",
-    max_length: MaxLength = None,
-    bos: Bos = True,
-    drop_bos: DropBos = False,
-    padding_side: PaddingSide = "right",
-    shard_size: ShardSize = None,
-    run: Run = None,
-    max_memory: MaxMemory = None,
-    max_gpu_memory: MaxGpuMemory = None,
-    max_disk: MaxDisk = None,
-    calibrate: Annotated[
-        bool, typer.Option(help="time a few real batches (else: FLOP estimate, no weights)")
-    ] = True,
-    quiet: Quiet = False,
-    debug: Debug = False,
-) -> None:
-    """Say how much memory, disk and time extract needs, and whether it fits."""
-    opts = _options(**{k: v for k, v in locals().items() if k != "calibrate"})
-    from saelab.pipeline.plan import plan_extract, record_plan, render_plan
-
-    result, _ = plan_extract(opts, calibrate=calibrate)
-    render_plan(result)
-    if run is not None or result.job.run.exists():
-        record_plan(result)
-    if not result.verdict.fits:
-        raise typer.Exit(3)
 
 
 @app.command()
@@ -136,6 +112,14 @@ def extract(
     bos: Bos = True,
     drop_bos: DropBos = False,
     padding_side: PaddingSide = "right",
+    chat: Chat = False,
+    generate: Generate = None,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    seed: Seed = 0,
+    stop: Stop = None,
+    attentions: Attentions = None,
+    heads: Heads = None,
     shard_size: ShardSize = None,
     run: Run = None,
     max_memory: MaxMemory = None,
@@ -145,12 +129,63 @@ def extract(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Capture activations of hook points over prompts into the run's store (resumable)."""
+    """Capture activations of hook points over prompts into the run's store (resumable).
+
+    With --generate N, record generation traces instead: each prompt's answer, and the hidden
+    states (and, with --attentions, attention maps) over prompt and answer.
+    """
     opts = _options(**locals())
     from saelab.pipeline.extract import describe_result, run_extract
 
     result = run_extract(opts)
     typer.echo(describe_result(result))
+
+
+def _options_of(template: Any, drop: tuple[str, ...] = (), add: tuple[Any, ...] = ()) -> Any:
+    """Give a command the same options as `template`, minus `drop`, plus `add`.
+
+    typer reads options from the function signature; `plan` takes every option of `extract`
+    (it plans exactly that run), so the signature is copied rather than written twice.
+    """
+
+    def wrap(fn: Any) -> Any:
+        params = [
+            p
+            for p in inspect.signature(template, eval_str=True).parameters.values()
+            if p.name not in drop
+        ]
+        params[-2:-2] = list(add)  # before --quiet and --debug
+        fn.__signature__ = inspect.Signature(params, return_annotation=None)
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+
+    return wrap
+
+
+_CALIBRATE = inspect.Parameter(
+    "calibrate",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    default=True,
+    annotation=Annotated[
+        bool, typer.Option(help="time a few real batches (else: FLOP estimate, no weights)")
+    ],
+)
+
+
+@app.command()
+@_options_of(extract, drop=("overwrite",), add=(_CALIBRATE,))
+def plan(**kw: Any) -> None:
+    """Say how much memory, disk and time extract needs, and whether it fits."""
+    calibrate = kw.pop("calibrate")
+    opts = _options(**kw)
+    from saelab.pipeline.plan import plan_extract, record_plan, render_plan
+
+    result, _ = plan_extract(opts, calibrate=calibrate)
+    render_plan(result)
+    if kw["run"] is not None or result.job.run.exists():
+        record_plan(result)
+    if not result.verdict.fits:
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -23,6 +23,7 @@ class Calibration:
     tokens_per_s: float
     batches: int
     seconds: float
+    step_seconds: float | None = None  # one generation step of a typical batch
 
 
 def machine_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.15) -> float:
@@ -67,3 +68,31 @@ def calibrate_capture(
             elapsed += time.perf_counter() - t0
             total += sum(batch.lengths)
     return Calibration(total / max(elapsed, 1e-9), len(chosen), elapsed)
+
+
+def calibrate_generation(
+    lm: LoadedModel,
+    token_lists: Sequence[Sequence[int]],
+    batch_size: int,
+    steps: int = 4,
+) -> float:
+    """Seconds per generation step of one typical batch (after a warm-up step)."""
+    batches = length_sorted_batches([len(t) for t in token_lists], batch_size)
+    idx = batches[len(batches) // 2]
+    b = make_batch([token_lists[i] for i in idx], lm.pad_id, "left", lm.device)
+    kw = {"do_sample": False, "pad_token_id": lm.pad_id, "temperature": None, "top_p": None}
+    kw["top_k"] = None
+    with torch.no_grad():
+        lm.model.generate(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=1, **kw
+        )
+        t0 = time.perf_counter()
+        lm.model.generate(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            **kw,
+        )
+        elapsed = time.perf_counter() - t0
+    return elapsed / steps

@@ -62,17 +62,40 @@ class ExtractWorkload:
     file_dtype: str | None = "float32"  # dtype of the weights on disk
     convert_gguf_bytes: int = 0  # size of a GGUF file still to be converted (0: cached)
     drop_bos: bool = False
+    generate: int = 0  # new tokens per prompt (generation traces); 0 = plain extract
+    attention_layers: int = 0  # attention maps recorded (generation traces)
+    heads_kept: int = 0  # heads kept of each recorded attention map
 
     @property
     def deepest(self) -> int:
+        if self.generate:
+            return self.shape.n_layers - 1  # generation runs the whole model
         return max(h.layer for h in self.hooks)
 
     @property
+    def seq_max(self) -> int:
+        """Longest sequence a forward pass sees (prompt plus answer when generating)."""
+        return self.tokens.max_len + self.generate
+
+    @property
     def rows(self) -> int:
+        if self.generate:  # upper bound: every answer runs to its full length
+            answers = self.tokens.n_prompts * self.generate
+            return answers if self.positions == "generated" else self.tokens.n_tokens + answers
         if self.positions == "all":
             dropped = self.tokens.n_prompts if self.drop_bos else 0
             return max(self.tokens.n_tokens - dropped, self.tokens.n_prompts)
         return self.tokens.n_prompts
+
+    @property
+    def attention_pair_bytes(self) -> int:
+        """Stored attention bytes of all prompts: float16 lower triangles of kept heads."""
+        if not self.attention_layers:
+            return 0
+        t = self.tokens.mean_len + self.generate
+        return int(
+            self.tokens.n_prompts * t * (t + 1) / 2 * self.heads_kept * 2 * self.attention_layers
+        )
 
     @property
     def row_bytes(self) -> int:
@@ -80,7 +103,7 @@ class ExtractWorkload:
         return self.shape.d_model * DTYPE_BYTES[self.store_dtype] * len(self.hooks)
 
     def batch_tokens(self) -> int:
-        return self.batch_size * self.tokens.max_len
+        return self.batch_size * self.seq_max
 
 
 @dataclass
@@ -111,14 +134,14 @@ def forward_bytes(w: ExtractWorkload) -> int:
     """Transient memory of one batch's forward pass plus the captured tensors."""
     s = w.shape
     act = DTYPE_BYTES.get(w.model_dtype, 4) if w.model_dtype != "int8" else 4
-    per_token = act * (4 * s.d_model + 3 * s.d_mlp) + 4 * 2 * s.n_heads * w.tokens.max_len
-    captured = 0
-    for h in w.hooks:
-        if h.site == "pattern":
-            captured += 4 * s.n_heads * w.tokens.max_len
-        else:
-            captured += act * s.d_model
-    return int(w.batch_tokens() * (per_token + captured))
+    per_token = act * (4 * s.d_model + 3 * s.d_mlp) + 4 * 2 * s.n_heads * w.seq_max
+    captured = act * s.d_model * len(w.hooks) + 4 * s.n_heads * w.seq_max * w.attention_layers
+    capture_pass = int(w.batch_tokens() * (per_token + captured))
+    if not w.generate:
+        return capture_pass
+    kv = w.batch_tokens() * s.n_layers * 2 * s.n_kv_heads * s.head_dim * act
+    logits = w.batch_size * s.vocab_size * 4 * 2
+    return max(capture_pass, int(kv + logits))
 
 
 def shard_rows(w: ExtractWorkload) -> int:
@@ -137,7 +160,8 @@ def weights_bytes(w: ExtractWorkload) -> tuple[int, int]:
     running = s.weight_bytes(w.model_dtype)
     if w.file_dtype == w.model_dtype and w.device == "cpu":
         # memory-mapped: only the layers the pass reaches are ever read
-        return s.weight_bytes(w.model_dtype, n_layers=w.deepest + 1), 0
+        reached = None if w.generate else w.deepest + 1
+        return s.weight_bytes(w.model_dtype, n_layers=reached), 0
     return running, full_file
 
 
@@ -146,6 +170,7 @@ def estimate_extract(
     tokens_per_s: float | None = None,
     flops_per_s: float | None = None,
     load_seconds: float | None = None,
+    step_seconds: float | None = None,
 ) -> Estimate:
     parts: dict[str, float] = {}
     notes: list[str] = []
@@ -153,6 +178,12 @@ def estimate_extract(
     resident, load_extra = weights_bytes(w)
     fwd = forward_bytes(w)
     shard = 2 * shard_rows(w) * w.row_bytes  # gathered rows + the concatenated copy
+    shard += (
+        3
+        * w.attention_pair_bytes
+        * min(w.shard_size, w.tokens.n_prompts)
+        // max(w.tokens.n_prompts, 1)
+    )  # float32 squares held per trace until the shard is packed
     base = BASE_RSS + LOADED_OVERHEAD + (CUDA_CONTEXT if on_gpu else 0)
     parts.update(base=base, shard_buffer=shard)
     if on_gpu:
@@ -176,15 +207,15 @@ def estimate_extract(
     token_bytes = 4 * w.tokens.n_tokens + 16 * w.tokens.n_prompts
     n_shards = -(-w.tokens.n_prompts // max(w.shard_size, 1))
     meta = n_shards * (len(w.hooks) + 4) * 1024
-    disk = store + token_bytes + meta
-    parts.update(store=store, tokens=token_bytes)
+    disk = store + token_bytes + meta + w.attention_pair_bytes
+    parts.update(store=store, tokens=token_bytes, attentions=w.attention_pair_bytes)
     if w.convert_gguf_bytes:
         cache = w.shape.weight_bytes("float32")
         parts["model_cache"] = cache
         disk += cache
 
     seconds: float | None = None
-    fwd_tokens = w.tokens.n_tokens
+    fwd_tokens = w.tokens.n_tokens + w.tokens.n_prompts * w.generate
     if tokens_per_s:
         seconds = fwd_tokens / tokens_per_s
         parts["tokens_per_s"] = tokens_per_s
@@ -193,6 +224,15 @@ def estimate_extract(
         seconds = fwd_tokens * flops / flops_per_s
         parts["flops_per_token"] = flops
         notes.append("time from a FLOP estimate (run without --no-calibrate to measure)")
+    if seconds is not None and w.generate:
+        n_batches = -(-w.tokens.n_prompts // max(w.batch_size, 1))
+        if step_seconds:
+            gen = n_batches * w.generate * step_seconds
+        else:  # decoding is memory-bound: assume a third of the matmul rate
+            flops = w.shape.flops_per_token(w.seq_max, lm_head=True)
+            gen = w.tokens.n_prompts * w.generate * flops / (flops_per_s or 1e10) * 3
+        parts["generate_seconds"] = gen
+        seconds += gen
     if seconds is not None:
         write = store / (150 * MB)  # shuffle+zstd measured at 400+ MB/s; keep a margin
         seconds += write + (load_seconds or 0.0)

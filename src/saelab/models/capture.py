@@ -223,7 +223,7 @@ def capture_prompts(
                     skip = False
                 for h in hooks:
                     sel = select_positions(values[h], batch, r, positions, skip)
-                    out[h].append(_cast(sel, out_dtype, h))
+                    out[h].append(cast_rows(sel, out_dtype, h.name))
             del values
             yield idx, out
 
@@ -231,13 +231,13 @@ def capture_prompts(
 _F16_MAX = 65504.0
 
 
-def _cast(x: torch.Tensor, dtype: torch.dtype | None, hook: HookPoint) -> torch.Tensor:
+def cast_rows(x: torch.Tensor, dtype: torch.dtype | None, hook: str) -> torch.Tensor:
     """A CPU copy in `dtype`; refuses float16 overflow instead of storing inf."""
     if dtype is None or dtype == x.dtype:
         return x.to("cpu", copy=True)
     if dtype == torch.float16 and x.numel() and float(x.abs().max()) > _F16_MAX:
         raise SaelabError(
-            f"activations of {hook.name} reach {float(x.abs().max()):.3g}, beyond float16's"
+            f"activations of {hook} reach {float(x.abs().max()):.3g}, beyond float16's"
             " range (65504); store them as bfloat16 or float32 (--store-dtype)"
         )
     return x.to("cpu", dtype=dtype, copy=True)

@@ -35,9 +35,24 @@ def tokenize_prompts(
     *,
     prepend_bos: bool = True,
     max_length: int | None = None,
+    chat: bool = False,
 ) -> TokenizedPrompts:
+    """Token ids per prompt. With `chat`, each text becomes one user turn of the tokenizer's
+    chat template followed by the assistant's turn opening, as instruct models expect."""
     bos = getattr(tokenizer, "bos_token_id", None)
-    enc = tokenizer(list(texts), add_special_tokens=prepend_bos)["input_ids"]
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            from saelab.errors import SaelabError
+
+            raise SaelabError("--chat: this model's tokenizer has no chat template; drop --chat")
+        enc = []
+        for t in texts:
+            r = tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True
+            )
+            enc.append(list(r["input_ids"] if hasattr(r, "keys") else r))  # dict in HF >= 5
+    else:
+        enc = tokenizer(list(texts), add_special_tokens=prepend_bos)["input_ids"]
     ids: list[list[int]] = []
     truncated = 0
     for toks in enc:

@@ -50,10 +50,36 @@ class ExtractResult:
     resumed_shards: int
     already_complete: bool = False
     model_reused: bool = False  # the caller's loaded model was used: no load time spent
+    generated: bool = False  # generation traces (RUN/traces) rather than activations
 
 
-def _shards(n: int, size: int) -> list[range]:
+def shards_of(n: int, size: int) -> list[range]:
+    """Consecutive prompt ranges: the units of work and of resume."""
     return [range(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+TRACES_DIR = "traces"  # saelab.store.traces.TRACES_DIR, without importing the trace store
+
+
+def output_dir(job: ExtractJob) -> Path:
+    return job.run.path / (TRACES_DIR if job.options.generate else STORE_DIR)
+
+
+def record_shard(
+    job: ExtractJob, stage: str, unit: str, idx: range, n_tokens: int, files: dict, t0: float
+) -> None:
+    """Record a written shard in the manifest: only now does it count as done."""
+    job.run.record_unit(
+        stage,
+        unit,
+        {
+            "prompts": [idx.start, idx.stop],
+            "tokens": n_tokens,
+            "files": len(files),
+            "sha256": _unit_digest(files),
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
 
 
 def _write_prompts(job: ExtractJob) -> None:
@@ -102,6 +128,7 @@ def run_extract(options: ExtractOptions, lm: LoadedModel | None = None) -> Extra
             import shutil
 
             shutil.rmtree(run.path / STORE_DIR, ignore_errors=True)
+            shutil.rmtree(run.path / TRACES_DIR, ignore_errors=True)
             (run.path / PROMPTS_FILE).unlink(missing_ok=True)
             run.reset_stage(STAGE)
         cfg = job.config()
@@ -123,14 +150,19 @@ def run_extract(options: ExtractOptions, lm: LoadedModel | None = None) -> Extra
             lm = load_model(
                 options.model, dtype=options.dtype, device=job.device, quiet=options.quiet
             )
-        resumed = _extract_shards(job, lm, chash)
+        if options.generate:
+            from saelab.pipeline.traces import trace_shards
+
+            resumed = trace_shards(job, lm, STAGE)
+        else:
+            resumed = _extract_shards(job, lm)
         wall = time.perf_counter() - t_start
     measured = {
         "wall_seconds": wall,
         "peak_rss_bytes": process_peak_rss(),
         "peak_rss_sampled_bytes": sampler.peak,
         "peak_gpu_bytes": gpu_peak_bytes(),
-        "disk_bytes": dir_size(run.path / STORE_DIR),
+        "disk_bytes": dir_size(output_dir(job)),
     }
     st = run.update_stage(STAGE, complete=True, measured=measured)
     result = _result(job, st, t_start, resumed)
@@ -138,7 +170,7 @@ def run_extract(options: ExtractOptions, lm: LoadedModel | None = None) -> Extra
     return result
 
 
-def _extract_shards(job: ExtractJob, lm: LoadedModel, chash: str) -> int:
+def _extract_shards(job: ExtractJob, lm: LoadedModel) -> int:
     o = job.options
     assert job.tokens is not None
     tokens = job.tokens
@@ -161,7 +193,7 @@ def _extract_shards(job: ExtractJob, lm: LoadedModel, chash: str) -> int:
         },
     )
     done = job.run.done_units(STAGE)
-    shards = _shards(len(tokens.ids), job.shard_size)
+    shards = shards_of(len(tokens.ids), job.shard_size)
     resumed = 0
     with Reporter("extract", total=len(tokens.ids), unit="prompts", quiet=o.quiet) as rep:
         for k, idx in enumerate(shards):
@@ -201,17 +233,7 @@ def _extract_shards(job: ExtractJob, lm: LoadedModel, chash: str) -> int:
                 acts=acts,
             )
             del acts, rows
-            job.run.record_unit(
-                STAGE,
-                unit,
-                {
-                    "prompts": [idx.start, idx.stop],
-                    "tokens": sum(len(t) for t in token_lists),
-                    "files": len(files),
-                    "sha256": _unit_digest(files),
-                    "seconds": round(time.perf_counter() - t0, 3),
-                },
-            )
+            record_shard(job, STAGE, unit, idx, sum(len(t) for t in token_lists), files, t0)
     return resumed
 
 
@@ -224,22 +246,34 @@ def _stored_tokens(ids: list[int], drop_bos: bool, bos_id: int | None) -> list[i
 def _result(
     job: ExtractJob, stage: dict[str, Any], t_start: float, resumed: int, already: bool = False
 ) -> ExtractResult:
-    from saelab.store import open_activations
-
-    store = open_activations(job.run.path)
     measured = stage.get("measured", {})
+    if job.options.generate:
+        from saelab.store.trace_reader import open_traces
+
+        traces = open_traces(job.run.path)
+        n_prompts = traces.n_traces
+        n_tokens = sum(
+            len(traces.prompt_ids(i)) + len(traces.answer_ids(i)) for i in range(n_prompts)
+        )
+        rows = 0
+    else:
+        from saelab.store import open_activations
+
+        store = open_activations(job.run.path)
+        n_prompts, n_tokens, rows = store.n_prompts, store.n_tokens, store.n_rows
     return ExtractResult(
         run=job.run.path,
-        store=job.run.path / STORE_DIR,
-        n_prompts=store.n_prompts,
-        n_tokens=store.n_tokens,
-        rows=store.n_rows,
-        bytes_on_disk=dir_size(job.run.path / STORE_DIR),
+        store=output_dir(job),
+        n_prompts=n_prompts,
+        n_tokens=n_tokens,
+        rows=rows,
+        bytes_on_disk=dir_size(output_dir(job)),
         seconds=measured.get("wall_seconds", time.perf_counter() - t_start),
         peak_rss=measured.get("peak_rss_bytes", process_peak_rss()),
         plan=stage.get("plan", {}),
         resumed_shards=resumed,
         already_complete=already,
+        generated=bool(job.options.generate),
     )
 
 
@@ -248,9 +282,11 @@ def describe_result(r: ExtractResult) -> str:
     planned = est.get("seconds")
     if planned and r.model_reused:  # the plan counted loading the model; this run did not
         planned = max(planned - est.get("parts", {}).get("load_seconds", 0.0), 0.0)
+    what = "traces" if r.generated else "activations"
+    rows = "" if r.generated else f" {r.rows:,} rows per hook,"
     lines = [
-        f"activations: {r.store}",
-        f"  {r.n_prompts} prompts, {r.n_tokens:,} tokens, {r.rows:,} rows per hook,"
+        f"{what}: {r.store}",
+        f"  {r.n_prompts} prompts, {r.n_tokens:,} tokens,{rows}"
         f" {format_bytes(r.bytes_on_disk)} on disk",
         f"  time {format_seconds(r.seconds)} (planned {format_seconds(planned)}"
         + (", model already loaded" if r.model_reused else "")
@@ -259,8 +295,6 @@ def describe_result(r: ExtractResult) -> str:
     ]
     if r.resumed_shards:
         lines.append(f"  resumed: {r.resumed_shards} shard(s) were already done")
-    lines.append(
-        f"  open in Python: from saelab.store import open_activations;"
-        f" open_activations({str(r.run)!r})"
-    )
+    opener = "TraceDataset" if r.generated else "open_activations"
+    lines.append(f"  open in Python: from saelab.store import {opener}; {opener}({str(r.run)!r})")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ share this step, so they always agree on what the run will be.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from saelab.models.describe import ModelInfo, describe_model
 from saelab.models.hooks import HookPoint, parse_hooks
 from saelab.models.loading import DTYPES, resolve_device
 from saelab.models.tokens import TokenizedPrompts, tokenize_prompts
+from saelab.pipeline.trace_options import check_generation
 from saelab.run import RunFolder
 from saelab.units import parse_size
 
@@ -58,6 +59,14 @@ class ExtractOptions:
     max_disk: str | None = None
     overwrite: bool = False
     quiet: bool = False
+    chat: bool = False  # wrap each prompt in the tokenizer's chat template (a user turn)
+    generate: int | None = None  # record generation traces of up to N new tokens per prompt
+    temperature: float = 0.0  # 0 = greedy decoding
+    top_p: float = 1.0
+    seed: int = 0  # sampling seed (per shard: seed + shard index)
+    stop: list[str] | None = None  # cleaned answer = text up to the first stop string
+    attentions: str | None = None  # layers whose attention maps to record ("0,5", "all")
+    heads: str | None = None  # heads of those layers to keep (default all)
 
     def budget(self) -> Budget:
         return Budget(
@@ -78,6 +87,8 @@ class ExtractJob:
     device: str
     run: RunFolder
     store_dtype: str = "float16"
+    attention_layers: list[int] = field(default_factory=list)
+    heads: list[int] | None = None
     tokens: TokenizedPrompts | None = None
     batch_size: int = 1
     shard_size: int = 1
@@ -106,6 +117,9 @@ class ExtractJob:
             file_dtype=self.info.file_dtype,
             convert_gguf_bytes=self.info.gguf_pending_bytes,
             drop_bos=self.options.drop_bos,
+            generate=int(self.options.generate or 0),
+            attention_layers=len(self.attention_layers),
+            heads_kept=len(self.heads) if self.heads else self.info.shape.n_heads,
         )
         fields.update(overrides)
         return ExtractWorkload(**fields)
@@ -131,6 +145,22 @@ class ExtractJob:
             "prepend_bos": o.prepend_bos,
             "drop_bos": o.drop_bos,
             "padding_side": o.padding_side,
+            "chat": o.chat,
+            **self.generation_config(),
+        }
+
+    def generation_config(self) -> dict[str, Any]:
+        o = self.options
+        if o.generate is None:
+            return {}
+        return {
+            "generate": int(o.generate),
+            "temperature": float(o.temperature),
+            "top_p": float(o.top_p),
+            "seed": int(o.seed),
+            "stop": list(o.stop or []),
+            "attention_layers": self.attention_layers,
+            "heads": self.heads,
         }
 
 
@@ -157,7 +187,8 @@ def default_run_dir(prompts: PromptTable, model_name: str) -> Path:
 
 def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJob:
     """Validate options; resolve hooks, device, run folder. Cheap: loads no weights."""
-    _choose(o.positions, POSITIONS, "--positions")
+    if o.generate is None:
+        _choose(o.positions, (*POSITIONS, "generated"), "--positions")
     _choose(o.dtype, DTYPES, "--dtype")
     _choose(o.store_dtype, ("auto", *STORE_DTYPES), "--store-dtype")
     _choose(o.padding_side, ("right", "left"), "--padding-side")
@@ -186,6 +217,7 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
             f"hook {patterns[0]} is an attention map, not a residual activation: the dense store"
             " holds resid/attn_out/mlp_out hooks only; drop it from --hooks"
         )
+    attention_layers, heads = check_generation(o, info.shape.n_layers, info.shape.n_heads)
     store_dtype = resolve_store_dtype(o.store_dtype, info.shape.family)
     from saelab.store.codecs import check_dtype, check_keep_bits
 
@@ -193,6 +225,7 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
     device = resolve_device(o.device).type
     run_dir = Path(o.run) if o.run else default_run_dir(prompts, info.source.name)
     job = ExtractJob(o, prompts, info, hooks, device, RunFolder(run_dir), store_dtype)
+    job.attention_layers, job.heads = attention_layers, heads
     if tokenizer is not None:
         job.tokens = tokenize_for(job, tokenizer)
     return job
@@ -210,7 +243,11 @@ def resolve_store_dtype(choice: str, family: str) -> str:
 def tokenize_for(job: ExtractJob, tokenizer: Any) -> TokenizedPrompts:
     o = job.options
     tp = tokenize_prompts(
-        tokenizer, job.prompts.texts, prepend_bos=o.prepend_bos, max_length=o.max_length
+        tokenizer,
+        job.prompts.texts,
+        prepend_bos=o.prepend_bos,
+        max_length=o.max_length,
+        chat=o.chat,
     )
     for i, ids in enumerate(tp.ids):
         if not ids:

@@ -8,11 +8,17 @@ the run's manifest, where `extract` later writes what it measured beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from saelab.budget.calibrate import Calibration, calibrate_capture, machine_flops
+from saelab.budget.calibrate import (
+    Calibration,
+    calibrate_capture,
+    calibrate_generation,
+    machine_flops,
+)
 from saelab.budget.estimate import Estimate, estimate_extract
 from saelab.budget.planner import Verdict, judge, suggest_extract
 from saelab.models.describe import describe_model
@@ -79,7 +85,12 @@ def estimate_job(
 ) -> PlanResult:
     w = job.workload()
     if calibration is not None:
-        est = estimate_extract(w, tokens_per_s=calibration.tokens_per_s, load_seconds=load_seconds)
+        est = estimate_extract(
+            w,
+            tokens_per_s=calibration.tokens_per_s,
+            load_seconds=load_seconds,
+            step_seconds=calibration.step_seconds,
+        )
     else:
         est = estimate_extract(w, flops_per_s=machine_flops(), load_seconds=load_seconds)
     assert job.limits is not None
@@ -119,6 +130,9 @@ def plan_extract(
         calibration = calibrate_capture(
             lm, job.hooks, job.tokens.ids, job.batch_size, options.padding_side
         )
+        if options.generate:
+            step = calibrate_generation(lm, job.tokens.ids, job.batch_size)
+            calibration = dataclasses.replace(calibration, step_seconds=step)
     return estimate_job(job, calibration, load_seconds), lm
 
 
