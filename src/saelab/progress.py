@@ -23,8 +23,10 @@ from rich.progress import (
 
 from saelab.units import format_seconds
 
-_err = Console(stderr=True, soft_wrap=True)
-_out = Console(soft_wrap=True)
+# Logs and pipes get wide tables instead of rich's 80-column fallback (it truncates cells).
+_WIDTH = None if sys.stdout.isatty() else 160
+_err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+_out = Console(soft_wrap=True, width=_WIDTH)
 
 
 def console(stderr: bool = False) -> Console:

@@ -17,7 +17,7 @@ def show_run(path: str | Path) -> None:
     run = RunFolder(path)
     if not run.path.is_dir():
         raise SaelabError(f"run folder {path} does not exist; check the path")
-    if not run.exists() and not (run.path / "activations").is_dir():
+    if not run.exists() and not any((run.path / d).is_dir() for d in ("activations", "traces")):
         raise SaelabError(f"{path} is not a saelab run folder (no manifest.json)")
     out = console()
     cfg = run.read_config()
@@ -38,6 +38,8 @@ def show_run(path: str | Path) -> None:
         _plan_vs_measured(out, stage)
     if (run.path / "activations").is_dir():
         _store_table(out, run.path)
+    if (run.path / "traces").is_dir():
+        _traces_table(out, run.path)
 
 
 def _plan_vs_measured(out: Console, stage: dict) -> None:
@@ -97,3 +99,46 @@ def _store_table(out: Console, path: Path) -> None:
         f"{s['ratio']:.3f}",
     )
     out.print(t)
+
+
+def _traces_table(out: Console, path: Path) -> None:
+    from saelab.store import open_traces
+
+    s = open_traces(path).summary()
+    a, p = s["answer_len"], s["prompt_len"]
+    out.print(
+        f"[bold]traces[/bold]: {s['n_traces']} traces in {s['shards']} shard(s); answer tokens"
+        f" mean {a['mean']:.1f} (min {a['min']}, max {a['max']}), prompt tokens mean"
+        f" {p['mean']:.1f}; hidden states at {s['positions']} positions, dtype {s['dtype']}"
+        + (f", keep_bits {s['keep_bits']}" if s.get("keep_bits") else "")
+    )
+    t = Table()
+    for col in ("hook / layer", "per token", "dtype", "on disk", "raw", "ratio"):
+        t.add_column(col, justify="left" if col == "hook / layer" else "right", no_wrap=True)
+    for hook, h in s["hooks"].items():
+        t.add_row(
+            hook,
+            str(h["shape_per_token"][0]),
+            h["dtype"],
+            format_bytes(h["bytes"]),
+            format_bytes(h["bytes_raw"]),
+            f"{h['bytes_raw'] / max(h['bytes'], 1):.3f}",
+        )
+    heads = s.get("heads") or []
+    for layer, at in s.get("attentions", {}).items():
+        t.add_row(
+            f"attentions {layer} ({len(heads)} heads, packed)",
+            "T x T",
+            at["dtype"],
+            format_bytes(at["bytes"]),
+            format_bytes(at["bytes_raw"]),
+            f"{at['bytes_raw'] / max(at['bytes'], 1):.3f}",
+        )
+    out.print(t)
+    per = s["bytes_per_trace"]
+    out.print(
+        "  bytes per trace: "
+        + ", ".join(f"{k} {format_bytes(v)}" for k, v in per.items())
+        + f"; total {format_bytes(s['bytes_on_disk'])} on disk, compression ratio"
+        f" {s['ratio']:.2f} against dense {s['dtype']} (attention maps as full squares)"
+    )

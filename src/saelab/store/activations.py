@@ -20,25 +20,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from saelab.errors import SaelabError
-from saelab.run import atomic_dir, atomic_write_json, file_digest, remove_debris
-from saelab.store.chunks import ChunkEncoder, write_chunks
+from saelab.run import atomic_write_json, remove_debris
 from saelab.store.codecs import (
-    ZSTD_LEVEL,
     check_dtype,
     check_keep_bits,
     codec_description,
-    compressors,
     encode_rows,
     filters,
-    quiet_numcodecs,
 )
+from saelab.store.shards import ArraySpec, index_spec, rows_per_chunk, write_shard_group
 
 if TYPE_CHECKING:
     import torch
@@ -58,8 +55,7 @@ def _shard_name(shard: int) -> str:
 
 
 def _rows_per_chunk(d: int, itemsize: int, n_rows: int) -> int:
-    r = max(1, _CHUNK_BYTES // (d * itemsize))
-    return max(1, min(1 << (r.bit_length() - 1), n_rows))
+    return rows_per_chunk(d * itemsize, n_rows, _CHUNK_BYTES)
 
 
 def _group_json(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -205,48 +201,19 @@ class ActivationWriter:
                     f"acts[{h!r}] has shape {shape}, expected {(n_rows, self.d_model[h])} "
                     f"(positions={self.positions!r}, {n_prompts} prompts, {n_tokens} tokens)"
                 )
-        prefix = final.relative_to(self.root).as_posix()
-        digests: dict[str, str] = {}
-        with atomic_dir(final) as tmp, quiet_numcodecs():
-            group = zarr.create_group(
-                store=str(tmp),
-                zarr_format=3,
-                attributes={"n_prompts": n_prompts, "n_rows": n_rows, "n_tokens": n_tokens},
+        arrays = {
+            "prompt_index": index_spec(pidx.astype(np.int64), _CHUNK_BYTES),
+            "token_ids": index_spec(flat.astype(np.int32), _CHUNK_BYTES),
+            "token_offsets": index_spec(offsets, _CHUNK_BYTES),
+        }
+        # bfloat16 bits are rounded in encode_rows; BitRound works on float16/float32 only
+        keep = self.keep_bits if self._dt.name != "bfloat16" else None
+        for h in self.hooks:
+            arrays[h] = ArraySpec(
+                partial(encode_rows, acts[h], self._dt, self.keep_bits, h),
+                _rows_per_chunk(self.d_model[h], self._dt.itemsize, n_rows),
+                filters(self._dt, self.keep_bits),
+                keep,
             )
-            digests.update(_put(group, tmp, "prompt_index", pidx.astype(np.int64)))
-            digests.update(_put(group, tmp, "token_ids", flat.astype(np.int32)))
-            digests.update(_put(group, tmp, "token_offsets", offsets))
-            for h in self.hooks:
-                rows = encode_rows(acts[h], self._dt, self.keep_bits, h)
-                chunk = _rows_per_chunk(self.d_model[h], self._dt.itemsize, n_rows)
-                group.create_array(
-                    h,
-                    shape=rows.shape,
-                    dtype=rows.dtype,
-                    chunks=(chunk, self.d_model[h]),
-                    filters=filters(self._dt, self.keep_bits),
-                    compressors=compressors(self._dt.itemsize),
-                    fill_value=0,
-                    config={"write_empty_chunks": True},
-                )
-                keep = self.keep_bits if self._dt.name != "bfloat16" else None
-                enc = ChunkEncoder(self._dt.itemsize, ZSTD_LEVEL, keep)
-                digests.update(write_chunks(tmp / h, rows, chunk, enc, tmp))
-            for meta in tmp.rglob("zarr.json"):
-                digests[meta.relative_to(tmp).as_posix()] = file_digest(meta)
-        return {f"{prefix}/{k}": v for k, v in sorted(digests.items())}
-
-
-def _put(group: zarr.Group, root: Path, name: str, data: np.ndarray) -> dict[str, str]:
-    itemsize = data.dtype.itemsize
-    chunk = max(1, min(_CHUNK_BYTES // itemsize, len(data)))
-    group.create_array(
-        name,
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=(chunk,),
-        compressors=compressors(itemsize),
-        fill_value=0,
-        config={"write_empty_chunks": True},
-    )
-    return write_chunks(root / name, data, chunk, ChunkEncoder(itemsize, ZSTD_LEVEL), root)
+        attrs = {"n_prompts": n_prompts, "n_rows": n_rows, "n_tokens": n_tokens}
+        return write_shard_group(final, arrays, attrs=attrs, base=self.root)

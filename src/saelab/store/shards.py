@@ -1,0 +1,100 @@
+"""Writing one shard group of a zarr v3 store whole: the unit of work of every dense store.
+
+Both the activation store and the generation-trace store write a shard as a zarr group of
+row-chunked arrays (plus, for traces, a Parquet table), built in a temporary folder and
+renamed into place by `atomic_dir`, so a killed writer leaves either the whole shard or
+nothing. The array metadata (`zarr.json`) comes from zarr itself, so any zarr reader sees a
+normal group; the chunk files come from `chunks.write_chunks`, which produces the bytes zarr
+would and hashes them as it writes (zarr's own write path costs ~3x the codec work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from saelab.run import atomic_dir, file_digest
+from saelab.store.chunks import ChunkEncoder, write_chunks
+from saelab.store.codecs import ZSTD_LEVEL, compressors, quiet_numcodecs
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a shard group: the stored values and how they are chunked and encoded.
+
+    `data` is already in its storage dtype (bfloat16 as uint16 bits), 1-D or 2-D, or a function
+    returning it, called only when the array is written so that a shard of many hooks holds one
+    encoded copy at a time rather than all of them; chunks span
+    `chunk_rows` rows and the full width, which keeps a row range one contiguous read.
+    `filters` is what zarr records in the array metadata (e.g. numcodecs BitRound) and
+    `keep_bits` what the chunk encoder applies to match it; they must agree.
+    """
+
+    data: np.ndarray | Callable[[], np.ndarray]
+    chunk_rows: int
+    filters: list[Any] | str | None = "auto"  # zarr's default: no filter for numbers
+    keep_bits: int | None = None
+
+
+def rows_per_chunk(row_bytes: int, n_rows: int, chunk_bytes: int) -> int:
+    """The power of two of rows that fills `chunk_bytes / 2 .. chunk_bytes` (at least one row).
+
+    A power of two keeps chunk boundaries identical whatever the shard size, so the files of a
+    shard depend only on its own contents.
+    """
+    r = max(1, chunk_bytes // max(1, row_bytes))
+    return max(1, min(1 << (r.bit_length() - 1), n_rows))
+
+
+def index_spec(data: np.ndarray, chunk_bytes: int) -> ArraySpec:
+    """A 1-D index array (ids, offsets) chunked to at most `chunk_bytes`."""
+    chunk = max(1, min(chunk_bytes // data.dtype.itemsize, len(data)))
+    return ArraySpec(data, chunk)
+
+
+def write_shard_group(
+    final: Path,
+    arrays: Mapping[str, ArraySpec],
+    *,
+    attrs: dict[str, Any],
+    base: Path,
+    files: Mapping[str, bytes] | None = None,
+) -> dict[str, str]:
+    """Write a zarr v3 group at `final` atomically; return {path relative to `base`: sha256}.
+
+    Arrays are created in the order given; `files` are extra files (e.g. a Parquet table) put
+    into the group folder before the rename, so they appear together with the arrays. An
+    existing `final` is replaced. Nothing written depends on time or order of calls, so
+    rewriting a shard with the same inputs gives the same bytes.
+    """
+    prefix = final.relative_to(base).as_posix()
+    digests: dict[str, str] = {}
+    with atomic_dir(final) as tmp, quiet_numcodecs():
+        group = zarr.create_group(store=str(tmp), zarr_format=3, attributes=attrs)
+        for name, spec in arrays.items():
+            data = spec.data() if callable(spec.data) else spec.data
+            group.create_array(
+                name,
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=(spec.chunk_rows, *data.shape[1:]),
+                filters=spec.filters,
+                compressors=compressors(data.dtype.itemsize),
+                fill_value=0,
+                config={"write_empty_chunks": True},
+            )
+            enc = ChunkEncoder(data.dtype.itemsize, ZSTD_LEVEL, spec.keep_bits)
+            digests.update(write_chunks(tmp / name, data, spec.chunk_rows, enc, tmp))
+        for rel, payload in (files or {}).items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(payload)
+            digests[rel] = file_digest(path)
+        for meta in tmp.rglob("zarr.json"):
+            digests[meta.relative_to(tmp).as_posix()] = file_digest(meta)
+    return {f"{prefix}/{k}": v for k, v in sorted(digests.items())}
