@@ -54,6 +54,13 @@ def bad_inputs(tmp_path):
         (["--max-disk", "1KB"], ["--max-disk", "disk"]),
         (["--max-memory", "lots"], ["--max-memory", "lots"]),
         (["--keep-bits", "40"], ["--keep-bits"]),
+        (["--generate", "0"], ["--generate 0", "at least 1"]),
+        (["--generate", "-3"], ["--generate -3"]),
+        (["--generate", "4", "--attentions", "30"], ["--attentions", "30", "numbered 0-29"]),
+        (["--generate", "4", "--stop", ""], ["--stop", "empty"]),
+        (["--generate", "4", "--positions", "last"], ["--positions", "generated"]),
+        (["--attentions", "3"], ["--attentions", "--generate"]),
+        (["--generate", "4", "--attentions", "1", "--heads", "9"], ["--heads", "9"]),
     ]
 
 

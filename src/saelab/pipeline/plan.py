@@ -61,6 +61,7 @@ class PlanResult:
                 "tokens_per_s": self.calibration.tokens_per_s,
                 "batches": self.calibration.batches,
                 "seconds": self.calibration.seconds,
+                "step_seconds": self.calibration.step_seconds,
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
