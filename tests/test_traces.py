@@ -132,7 +132,13 @@ def test_generated_positions_float16_and_resume_bytes(smol, prompts_file, tmp_pa
     tr = open_traces(b)
     for i in range(tr.n_traces):
         n_answer = len(tr.answer_ids(i))
-        assert tr.hidden(i, "blocks.5.hook_resid_post").shape == (n_answer, 576)
+        got = torch.from_numpy(tr.hidden(i, "blocks.5.hook_resid_post"))
+        assert got.shape == (n_answer, 576)
+        seq = list(tr.prompt_ids(i)) + list(tr.answer_ids(i))
+        b5 = HookPoint(5, "resid_post")
+        with HookCapture(smol.model, smol.adapter, [b5]) as cap:
+            want = cap.run(make_batch([seq], smol.pad_id))[b5][0, -n_answer:]
+        assert rel_err(got, want.to(torch.float16).float()) < 1e-3  # float16 rounding only
 
 
 def test_sampling_is_reproducible_per_seed(smol, prompts_file, tmp_path):
