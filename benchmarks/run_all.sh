@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark in --quick mode (~20 s each) and print their summary lines.
 #   ./benchmarks/run_all.sh            # quick
-#   ./benchmarks/run_all.sh --full     # the default (longer, ~60-90 s each) runs
+#   ./benchmarks/run_all.sh --full     # the default (longer, ~60-90 s each; traces ~3 min) runs
 # Each script's full output (.txt) and numbers (.json) go to $BENCH_OUT (default: a new temp dir).
 set -u
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ MODE=--quick
 OUT=${BENCH_OUT:-$(mktemp -d -t saelab-bench-XXXXXX)}
 mkdir -p "$OUT"
 status=0
-for b in capture early_stop store extract_rss; do
+for b in capture early_stop store extract_rss traces; do
     echo "== bench_$b $MODE" >&2
     start=$(date +%s)
     if "$PY" "benchmarks/bench_$b.py" $MODE --json "$OUT/$b.json" >"$OUT/$b.txt" 2>&1; then

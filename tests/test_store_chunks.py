@@ -13,7 +13,7 @@ from saelab.store.codecs import DTYPES as STORE_DTYPES
 from saelab.store.codecs import ZSTD_LEVEL, compressors, filters, quiet_numcodecs
 
 
-def write_both(tmp_path, data, chunk, dt_name=None, keep_bits=None):
+def write_both(tmp_path, data, chunk, dt_name=None, keep_bits=None, separator="."):
     """Write `data` once through zarr and once through write_chunks; return both digests."""
     dt = STORE_DTYPES[dt_name] if dt_name else None
     out = {}
@@ -29,13 +29,14 @@ def write_both(tmp_path, data, chunk, dt_name=None, keep_bits=None):
                 compressors=compressors(data.dtype.itemsize),
                 fill_value=0,
                 config={"write_empty_chunks": True},
+                chunk_key_encoding={"name": "default", "separator": separator},
                 zarr_format=3,
             )
             if how == "zarr":
                 arr[...] = data
             else:
                 enc = ChunkEncoder(data.dtype.itemsize, ZSTD_LEVEL, keep_bits)
-                write_chunks(root, data, chunk, enc, root)
+                write_chunks(root, data, chunk, enc, root, separator=separator)
             back = zarr.open_array(str(root), mode="r")[...]
         expect = (
             data
@@ -68,4 +69,11 @@ def test_bfloat16_bits_are_byte_identical_to_zarr(tmp_path):
 @pytest.mark.parametrize("dtype", ["int64", "int32"])
 def test_index_chunks_are_byte_identical_to_zarr(tmp_path, dtype):
     out = write_both(tmp_path, np.arange(1000, dtype=dtype) * 7, 300)
+    assert out["zarr"] == out["ours"]
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_zarr_default_slash_keys_work_too(tmp_path, ndim):
+    data = np.arange(1200, dtype=np.float32).reshape((-1, 4) if ndim == 2 else (-1,))
+    out = write_both(tmp_path, data, 64, "float32", separator="/")
     assert out["zarr"] == out["ours"]
