@@ -74,6 +74,7 @@ def write_chunks(
     n = data.shape[0]
     tail = f"{separator}0" * (data.ndim - 1)
     starts = list(range(0, n, chunk_rows))
+    array_dir.mkdir(parents=True, exist_ok=True)
     if separator == "/" and starts:
         for c in range(len(starts)):
             (array_dir / "c" / str(c)).parent.mkdir(parents=True, exist_ok=True)

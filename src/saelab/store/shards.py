@@ -85,7 +85,7 @@ def write_shard_group(
         for name, spec in arrays.items():
             data = spec.data() if callable(spec.data) else spec.data
             meta = array_metadata(data, spec.chunk_rows, spec.filters)
-            (tmp / name).mkdir()
+            (tmp / name).mkdir()  # (write_chunks would too; the metadata goes in first)
             _write_json(tmp / name / "zarr.json", meta)
             enc = ChunkEncoder(data.dtype.itemsize, ZSTD_LEVEL, spec.keep_bits)
             digests.update(write_chunks(tmp / name, data, spec.chunk_rows, enc, tmp, pool=pool))

@@ -64,10 +64,12 @@ POSITIONS = ("all", "generated")
 TOKEN_ARRAYS = ("prompt_index", "prompt_lengths", "token_ids", "token_offsets")
 META_FILE = "meta.parquet"
 ATTN_PREFIX = "attn."
-# Chunks hold 256-512 KiB: about one trace of one hook (T=256, d=576, float16 is 295 KB), so a
-# random read decodes little beyond the trace itself (2 MiB chunks, as in the activation
-# store, made one random trace ~4x slower to read).
-_CHUNK_BYTES = 2**19
+# Chunks hold 0.5-1 MiB: about two to four traces of one hook (T=256, d=576, float16 is
+# 295 KB), so a random read decodes little beyond the trace itself, while a shard stays at a
+# few hundred files: creating a file costs 0.6-1.6 ms on the machines measured, and 256 KiB
+# chunks made writing 100 traces 9.7x faster than gzip+pickle instead of 12.8x (random reads
+# of all 30 hooks: 22.6 ms median then, 28 ms now).
+_CHUNK_BYTES = 2**20
 
 
 @dataclass
