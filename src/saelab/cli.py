@@ -189,6 +189,50 @@ def plan(**kw: Any) -> None:
 
 
 @app.command()
+def train(
+    run: Annotated[str, typer.Option(help="run folder (its activation store, or --stream)")],
+    hooks: Annotated[
+        str | None, typer.Option(help="hooks to train (default: every stored hook)")
+    ] = None,
+    arch: Annotated[str, typer.Option(help="topk | batchtopk | jumprelu | relu")] = "topk",
+    expansion: Annotated[int | None, typer.Option(help="d_sae = expansion x d_in")] = 8,
+    d_sae: Annotated[int | None, typer.Option(help="latents (overrides --expansion)")] = None,
+    k: Annotated[int | None, typer.Option(help="active latents per token (topk, batchtopk)")] = 32,
+    l1: Annotated[float, typer.Option(help="relu: L1 coefficient")] = 0.2,
+    l0_coef: Annotated[float, typer.Option(help="jumprelu: L0 coefficient")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 4e-4,
+    batch_size: Annotated[int, typer.Option(help="tokens per step")] = 1024,
+    tokens: Annotated[int | None, typer.Option(help="training tokens (default: epochs)")] = None,
+    epochs: Annotated[int, typer.Option(help="passes over the data")] = 1,
+    seed: Annotated[int, typer.Option(help="initialisation and data order")] = 0,
+    dtype: Annotated[str, typer.Option(help="encoder matmul: float32 | bfloat16")] = "float32",
+    device: Device = "cpu",
+    patience: Annotated[
+        int | None, typer.Option(help="stop after N evaluations without EV gain (0: never)")
+    ] = 3,
+    eval_every: Annotated[int | None, typer.Option(help="steps between evaluations")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="steps between checkpoints")] = None,
+    holdout: Annotated[int, typer.Option(help="held-out prompts / windows")] = 32,
+    stream: Annotated[bool, typer.Option(help="capture from the model over --corpus")] = False,
+    corpus: Annotated[
+        str | None, typer.Option(help="--stream text: txt/jsonl/parquet file or folder")
+    ] = None,
+    model: Model = "default",
+    context: Annotated[int, typer.Option(help="--stream: tokens per window")] = 128,
+    text_column: TextColumn = "text",
+    splice: Annotated[bool, typer.Option(help="measure CE loss recovered in the model")] = True,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train SAEs (TopK, BatchTopK, JumpReLU, ReLU-L1) per hook; resumable; honest metrics."""
+    kw = {k_: v for k_, v in locals().items() if k_ != "debug"}
+    from saelab.pipeline.train import TrainOptions, run_train
+
+    run_train(TrainOptions(**kw))
+
+
+@app.command()
 def show(
     run: Annotated[str, typer.Argument(help="run folder")],
     debug: Debug = False,

@@ -1,0 +1,223 @@
+"""Where training activations come from: the run's store, or the model itself (--stream).
+
+Both sources hand out shuffled batches whose order is a pure function of (seed, step), so a
+run resumed from a checkpoint sees exactly the batches an uninterrupted run would have, and
+both keep memory bounded: the store is read block by block (a block is a few thousand rows,
+blocks are shuffled, then rows within a buffer of blocks), and streaming keeps one buffer of
+captured rows. BOS positions are left out: their activations are huge attention sinks that
+would dominate the reconstruction loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from saelab.errors import SaelabError
+
+
+def _rng(seed: int, *salt: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *salt])
+
+
+def check_finite(x: torch.Tensor, hook: str, where: str) -> None:
+    """NaN or inf in training data is a user-visible error naming the hook and the place."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        row = int(bad.any(dim=-1).nonzero()[0])
+        raise SaelabError(
+            f"activations of {hook} contain NaN or inf ({where}, row {row}); re-extract them"
+            " with --dtype float32 or --store-dtype float32 and check the model"
+        )
+
+
+@dataclass
+class StoreSource:
+    """Training rows of one hook from the activation store, in shuffled blocks."""
+
+    rows: np.ndarray  # indices of usable training rows (BOS and held-out prompts removed)
+    held_out: np.ndarray  # indices of held-out rows
+    read: object  # HookArray-like: __getitem__(int array) -> float32 rows
+    hook: str
+    batch_size: int
+    seed: int
+    block_rows: int = 4096
+    buffer_blocks: int = 16
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.rows) // self.batch_size
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The first rows of epoch 0's order: data for initialisation (scale, b_dec)."""
+        return next(self._buffers(0, limit=n))[:n]
+
+    def heldout(self, limit: int = 8192) -> torch.Tensor:
+        idx = self.held_out[:limit]
+        x = torch.from_numpy(np.asarray(self.read[np.sort(idx)])).float()
+        check_finite(x, self.hook, "held-out rows")
+        return x
+
+    def _buffers(self, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
+        n_blocks = -(-len(self.rows) // self.block_rows)
+        order = _rng(self.seed, epoch).permutation(n_blocks)
+        for b, start in enumerate(range(0, n_blocks, self.buffer_blocks)):
+            picked = order[start : start + self.buffer_blocks]
+            idx = np.concatenate(
+                [self.rows[i * self.block_rows : (i + 1) * self.block_rows] for i in picked]
+            )
+            idx = idx[_rng(self.seed, epoch, b + 1).permutation(len(idx))]
+            x = torch.from_numpy(np.asarray(self.read[np.sort(idx)])).float()
+            # read sorted (contiguous chunks), then restore the shuffled order
+            x = x[torch.from_numpy(np.argsort(np.argsort(idx)))]
+            check_finite(x, self.hook, f"epoch {epoch}, buffer {b}")
+            yield x
+            if limit is not None:
+                return
+
+    def batches(self, start_step: int = 0) -> Iterator[torch.Tensor]:
+        """Batches from global step `start_step` on, epoch after epoch, forever."""
+        per_epoch = self.batches_per_epoch
+        if per_epoch == 0:
+            raise SaelabError(
+                f"{self.hook}: {len(self.rows)} training rows are fewer than one batch"
+                f" ({self.batch_size}); extract more prompts or lower --batch-size"
+            )
+        step = 0
+        epoch = 0
+        while True:
+            carry: torch.Tensor | None = None
+            emitted = 0
+            for buf in self._buffers(epoch):
+                if carry is not None:
+                    buf = torch.cat([carry, buf])
+                n_full = len(buf) // self.batch_size
+                for i in range(n_full):
+                    if emitted >= per_epoch:
+                        break
+                    if step >= start_step:
+                        yield buf[i * self.batch_size : (i + 1) * self.batch_size]
+                    step += 1
+                    emitted += 1
+                carry = buf[n_full * self.batch_size :]
+            epoch += 1
+
+
+def store_source(
+    store: object,
+    hook: str,
+    batch_size: int,
+    seed: int,
+    holdout_prompts: int,
+    exclude_bos: bool = True,
+) -> StoreSource:
+    """Split a store's rows of `hook` into training rows and held-out prompts' rows."""
+    arr = store[hook]  # type: ignore[index]
+    offsets = np.asarray(store.row_offsets)  # type: ignore[attr-defined]
+    n_prompts = len(offsets) - 1
+    keep = np.ones(int(offsets[-1]), dtype=bool)
+    attrs = getattr(store, "attrs", {}) or {}
+    if (
+        exclude_bos
+        and store.positions == "all"  # type: ignore[attr-defined]
+        and attrs.get("prepend_bos", True)
+        and not attrs.get("drop_bos", False)
+    ):
+        keep[offsets[:-1][offsets[:-1] < offsets[1:]]] = False
+    n_hold = min(max(holdout_prompts, 1), max(n_prompts - 1, 0)) if n_prompts > 1 else 0
+    cut = int(offsets[n_prompts - n_hold]) if n_hold else int(offsets[-1])
+    all_rows = np.flatnonzero(keep)
+    train = all_rows[all_rows < cut]
+    held = all_rows[all_rows >= cut]
+    if not len(held):  # one prompt only: evaluate on a slice of the training rows
+        held = train[-min(len(train), 2048) :]
+    return StoreSource(train, held, arr, hook, batch_size, seed)
+
+
+class StreamSource:
+    """Rows captured from the model over token windows, shuffled within a bounded buffer.
+
+    All hooks share one forward pass; a buffer holds `windows_per_buffer` windows of rows per
+    hook. Windows are fixed-length and BOS is dropped, so every buffer yields the same number
+    of batches and step -> (buffer, batch) is arithmetic: resuming recomputes one buffer.
+    """
+
+    def __init__(
+        self,
+        lm: object,
+        hooks: Sequence[object],
+        windows: np.ndarray,
+        batch_size: int,
+        seed: int,
+        windows_per_buffer: int,
+        capture_batch: int = 8,
+    ):
+        self.lm = lm
+        self.hooks = list(hooks)
+        self.windows = windows
+        self.batch_size = batch_size
+        self.seed = seed
+        self.capture_batch = capture_batch
+        ctx = windows.shape[1]
+        self.rows_per_window = ctx - 1  # BOS dropped
+        self.windows_per_buffer = max(
+            1, min(windows_per_buffer, len(windows)), -(-batch_size // self.rows_per_window)
+        )
+        n_buffers = len(windows) // self.windows_per_buffer
+        self.buffers_per_epoch = max(n_buffers, 1)
+        self.batches_per_buffer = (self.windows_per_buffer * self.rows_per_window) // batch_size
+        if self.batches_per_buffer == 0 or n_buffers == 0:
+            raise SaelabError(
+                f"{len(windows)} windows of {ctx} tokens are fewer than one batch of"
+                f" {batch_size} rows; use more --tokens or a smaller --batch-size"
+            )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.buffers_per_epoch * self.batches_per_buffer
+
+    def capture(self, windows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Rows (BOS dropped) of every hook over some windows, in window order."""
+        from saelab.models.capture import HookCapture, make_batch
+
+        lm = self.lm
+        out: dict[str, list[torch.Tensor]] = {h.name: [] for h in self.hooks}  # type: ignore[attr-defined]
+        with HookCapture(lm.model, lm.adapter, self.hooks) as cap:  # type: ignore[attr-defined]
+            for i in range(0, len(windows), self.capture_batch):
+                chunk = [list(map(int, w)) for w in windows[i : i + self.capture_batch]]
+                b = make_batch(chunk, lm.pad_id, "right", lm.device)  # type: ignore[attr-defined]
+                vals = cap.run(b)
+                for h in self.hooks:
+                    out[h.name].append(vals[h][:, 1:].reshape(-1, vals[h].shape[-1]).float().cpu())  # type: ignore[attr-defined]
+        rows = {name: torch.cat(parts) for name, parts in out.items()}
+        for name, x in rows.items():
+            check_finite(x, name, "streamed rows")
+        return rows
+
+    def _buffer(self, epoch: int, b: int) -> dict[str, torch.Tensor]:
+        order = _rng(self.seed, epoch).permutation(len(self.windows))
+        pick = order[b * self.windows_per_buffer : (b + 1) * self.windows_per_buffer]
+        rows = self.capture(self.windows[np.sort(pick)])
+        perm = torch.from_numpy(
+            _rng(self.seed, epoch, b + 1).permutation(len(next(iter(rows.values()))))
+        )
+        return {name: x[perm] for name, x in rows.items()}
+
+    def batches(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        step = start_step
+        while True:
+            epoch, within = divmod(step, self.batches_per_epoch)
+            b, i0 = divmod(within, self.batches_per_buffer)
+            buf = self._buffer(epoch, b)
+            for i in range(i0, self.batches_per_buffer):
+                yield {
+                    n: x[i * self.batch_size : (i + 1) * self.batch_size] for n, x in buf.items()
+                }
+                step += 1
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        buf = self._buffer(0, 0)
+        return {name: x[:n] for name, x in buf.items()}

@@ -1,0 +1,109 @@
+"""Sparse encode/decode with hand-written backward passes, for TopK-style SAE training.
+
+With k of d_sae latents active per token, a dense backward pass wastes ~d_sae/k of its work.
+Measured on this 2-core CPU (batch 1024, 576 -> 4608, k = 32): a dense matmul of that size
+takes ~86 ms, while the sparse pieces used here take 9-30 ms each: `embedding_bag` sums the
+chosen rows without materialising them (a gather of the rows alone took ~100 ms), weight
+gradients are one sparse COO x dense product (~26 ms; index_add took ~145 ms and
+embedding_bag's own dense weight gradient ~76 ms), and the gradient of the per-row weights
+comes from embedding_bag's fused kernel (~26 ms).
+
+A selection is given as flat `cols` (latent ids) grouped by token, with `rows` (token of each
+entry) and `offsets` (start of each token's group), so TopK (k per token) and BatchTopK (a
+varying number per token) share the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _coo(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
+    """The (d_sae x batch) matrix with `vals` at (cols, rows): one sparse x dense product
+    then gives a weight gradient."""
+    return torch.sparse_coo_tensor(
+        torch.stack([cols, rows]), vals, size=shape, check_invariants=False
+    )
+
+
+class SparseEncode(torch.autograd.Function):
+    """Values of chosen pre-activations; forward reuses the values already computed."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        xc: torch.Tensor,
+        w_enc: torch.Tensor,  # (d_sae, d_in), latent-major
+        b_enc: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        offsets: torch.Tensor,
+        values: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(xc, w_enc, rows, cols, offsets)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        xc, w_enc, rows, cols, offsets = ctx.saved_tensors
+        d_sae = w_enc.shape[0]
+        dxc = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dxc = F.embedding_bag(cols, w_enc, offsets, mode="sum", per_sample_weights=g)
+        if ctx.needs_input_grad[1]:
+            dw = torch.sparse.mm(_coo(rows, cols, g, (d_sae, xc.shape[0])), xc)
+        if ctx.needs_input_grad[2]:
+            db = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
+        return dxc, dw, db, None, None, None, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """sum over chosen latents of value * decoder row, per token."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        w_dec: torch.Tensor,  # (d_sae, d_in)
+        vals: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        offsets: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(w_dec, vals, rows, cols, offsets)
+        return F.embedding_bag(cols, w_dec, offsets, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        w_dec, vals, rows, cols, offsets = ctx.saved_tensors
+        dw = dvals = None
+        if ctx.needs_input_grad[0]:
+            dw = torch.sparse.mm(_coo(rows, cols, vals, (w_dec.shape[0], g.shape[0])), g)
+        if ctx.needs_input_grad[1]:
+            with torch.enable_grad():  # embedding_bag's fused per-sample-weight gradient
+                v = vals.detach().requires_grad_()
+                y = F.embedding_bag(cols, w_dec.detach(), offsets, mode="sum", per_sample_weights=v)
+                (dvals,) = torch.autograd.grad(y, v, grad_outputs=g)
+        return dw, dvals, None, None, None
+
+
+def sparse_recon(
+    xc: torch.Tensor,
+    w_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    w_dec: torch.Tensor,
+    pre: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction without b_dec, activation values) of a selection; `pre` is the dense
+    pre-activation computed without autograd and `rows` must be sorted."""
+    counts = torch.bincount(rows, minlength=xc.shape[0])
+    offsets = torch.zeros_like(counts)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    values = pre[rows, cols]
+    pre_sel = SparseEncode.apply(xc, w_enc, b_enc, rows, cols, offsets, values)
+    vals = torch.relu(pre_sel)
+    return SparseDecode.apply(w_dec, vals, rows, cols, offsets), vals
