@@ -202,7 +202,13 @@ def train(
     l0_coef: Annotated[float, typer.Option(help="jumprelu: L0 coefficient")] = 2e-3,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 4e-4,
     batch_size: Annotated[int, typer.Option(help="tokens per step")] = 1024,
-    tokens: Annotated[int | None, typer.Option(help="training tokens (default: epochs)")] = None,
+    tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="training tokens (default: --epochs over the data; --stream reads"
+            " tokens/epochs of the corpus, 250,000 without --tokens)"
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="passes over the data")] = 1,
     seed: Annotated[int, typer.Option(help="initialisation and data order")] = 0,
     dtype: Annotated[str, typer.Option(help="encoder matmul: float32 | bfloat16")] = "float32",

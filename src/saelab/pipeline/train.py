@@ -24,12 +24,14 @@ from saelab.pipeline.train_loop import LoopConfig, progress_dict, run_loop
 from saelab.progress import say
 from saelab.run import RunFolder, config_hash
 from saelab.sae.metrics import FeatureFiring, evaluate_sae, sparsity_verdict, spliced_loss
+from saelab.sae.model import ARCHITECTURES
 from saelab.sae.sources import StreamSource, store_source
 from saelab.sae.train import SAETrainer, TrainConfig
 
 STAGE = "train"
 SAES_DIR = "saes"
 CKPT_DIR = "checkpoints/train"
+STREAM_TOKENS = 250_000  # corpus tokens a stream reads when --tokens is not given
 
 
 @dataclass
@@ -66,11 +68,13 @@ class TrainOptions:
 
 
 def _train_config(o: TrainOptions, d_in: int, total_steps: int) -> TrainConfig:
+    if o.arch not in ARCHITECTURES:
+        raise SaelabError(f"--arch {o.arch!r} is not one of {', '.join(ARCHITECTURES)}")
     d_sae = o.d_sae or (o.expansion or 8) * d_in
     k = o.k if o.arch in ("topk", "batchtopk") else None
     if o.dtype not in ("float32", "bfloat16"):
         raise SaelabError(f"--dtype {o.dtype!r}: training computes in float32 or bfloat16")
-    return TrainConfig(
+    cfg = TrainConfig(
         architecture=o.arch,
         d_sae=d_sae,
         k=k,
@@ -82,6 +86,8 @@ def _train_config(o: TrainOptions, d_in: int, total_steps: int) -> TrainConfig:
         seed=o.seed,
         compute_dtype=o.dtype,
     )
+    cfg.check(d_in)  # bad settings are refused before anything is written
+    return cfg
 
 
 def _loop_config(o: TrainOptions, total: int) -> LoopConfig:
@@ -127,16 +133,28 @@ def _train_store(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
     results = {}
     for hook in hooks:
         src = store_source(store, hook, o.batch_size, o.seed, o.holdout)
+        if src.batches_per_epoch == 0:
+            raise SaelabError(
+                f"{hook}: {len(src.rows)} training rows are fewer than one batch"
+                f" ({o.batch_size}); extract more prompts or lower --batch-size"
+            )
         total = _steps(o, src.batches_per_epoch)
         cfg = _train_config(o, store.d_model[hook], total)
-        key = _bind(run, o, hook, cfg, data=f"store:{store.n_rows}")
+        data = f"store:{store.n_rows}"
         done = run.done_units(STAGE).get(hook)
-        if done and done.get("config_hash") == key and (run.path / SAES_DIR / hook).is_dir():
+        if (
+            done
+            and done.get("config_hash") == _conf_key(o, cfg, data)
+            and (run.path / SAES_DIR / hook).is_dir()
+        ):
             say(f"train: {hook} already trained", o.quiet)
             results[hook] = done["metrics"]
             continue
-        held = src.heldout()
-        trainer = SAETrainer(cfg, store.d_model[hook], src.sample(8192), o.device)
+        _check_bindable(run, o, hook, cfg, data)
+        held = src.heldout()  # checks (part of) the data before anything is written
+        sample = src.sample(8192)
+        key = _bind(run, o, hook, cfg, data=data)
+        trainer = SAETrainer(cfg, store.d_model[hook], sample, o.device)
 
         def batches(start: int, src=src, hook=hook):  # noqa: ANN202
             return ({hook: b} for b in src.batches(start))
@@ -183,7 +201,11 @@ def _train_stream(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
         o.hooks or "resid_post.6", lm.n_layers, lm.hook_for_module_path
     )
     corpus = o.corpus or STDLIB_SOURCE
-    want = (o.tokens or 250_000) + o.holdout * o.context
+    if o.epochs < 1:
+        raise SaelabError(f"--epochs {o.epochs} must be at least 1")
+    # --tokens counts training tokens in both modes: a stream reads tokens/epochs of the corpus
+    distinct = -(-o.tokens // o.epochs) if o.tokens else STREAM_TOKENS
+    want = distinct + o.holdout * o.context
     say(f"train: reading {corpus} ({want:,} tokens)", o.quiet)
     w = pack_windows(
         iter_texts(corpus, text_column=o.text_column),
@@ -202,13 +224,26 @@ def _train_stream(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
         windows_per_buffer=max(1, 65536 // (o.context - 1)),
     )
     total = _steps(o, src.batches_per_epoch)
+    cfg = _train_config(o, lm.d_model, total)
+    data = f"stream:{corpus}:{w.n_tokens}"
+    done = run.done_units(STAGE)
+    if all(
+        done.get(h.name, {}).get("config_hash") == _conf_key(o, cfg, data)
+        and (run.path / SAES_DIR / h.name).is_dir()
+        for h in hooks
+    ):
+        say(f"train: {', '.join(h.name for h in hooks)} already trained", o.quiet)
+        return {h.name: done[h.name]["metrics"] for h in hooks}
+    for h in hooks:
+        _check_bindable(run, o, h.name, cfg, data)
     held = _capture_heldout(src, held_w)
     sample = src.sample(8192)
     trainers, keys = {}, {}
     for h in hooks:
-        cfg = _train_config(o, lm.d_model, total)
-        keys[h.name] = _bind(run, o, h.name, cfg, data=f"stream:{corpus}:{w.n_tokens}")
-        trainers[h.name] = SAETrainer(cfg, lm.d_model, sample[h.name], o.device)
+        keys[h.name] = _bind(run, o, h.name, cfg, data=data)
+        trainers[h.name] = SAETrainer(
+            _train_config(o, lm.d_model, total), lm.d_model, sample[h.name], o.device
+        )
     prog = run_loop(trainers, src.batches, held, _loop_config(o, total), _ckpt(run, "stream"))
     return {
         h: _finish(o, run, h, trainers[h], held[h], prog[h], keys[h], held_w[:16], lm)
@@ -221,18 +256,37 @@ def _capture_heldout(src: StreamSource, held_w: np.ndarray) -> dict[str, torch.T
 
 
 # -- shared ------------------------------------------------------------------------------
-def _bind(run: RunFolder, o: TrainOptions, hook: str, cfg: TrainConfig, data: str) -> str:
-    """Record the configuration; a different one for a hook already trained is refused."""
-    conf = {**asdict(cfg), "data": data, "device": o.device}
-    key = config_hash(conf)
+def _conf(o: TrainOptions, cfg: TrainConfig, data: str) -> dict[str, Any]:
+    return {**asdict(cfg), "data": data, "device": o.device}
+
+
+def _conf_key(o: TrainOptions, cfg: TrainConfig, data: str) -> str:
+    return config_hash(_conf(o, cfg, data))
+
+
+def _check_bindable(
+    run: RunFolder, o: TrainOptions, hook: str, cfg: TrainConfig, data: str
+) -> dict[str, Any]:
+    """Refuse (before any work) a configuration that differs from the one a hook was
+    trained with, unless --overwrite; return the run's current train section."""
+    conf = _clean(_conf(o, cfg, data))
     current = run.read_config().get(STAGE, {})
     old = current.get(hook)
-    if old is not None and old != _clean(conf) and not o.overwrite:
-        diffs = sorted(k for k in set(old) | set(conf) if old.get(k) != _clean(conf).get(k))
+    if old is not None and old != conf and not o.overwrite:
+        diffs = sorted(k for k in set(old) | set(conf) if old.get(k) != conf.get(k))
         raise SaelabError(
             f"{run.path}: {hook} was trained with another configuration ({', '.join(diffs[:3])}"
             " differ); use another --run or --overwrite"
         )
+    return current
+
+
+def _bind(run: RunFolder, o: TrainOptions, hook: str, cfg: TrainConfig, data: str) -> str:
+    """Record the configuration; a different one for a hook already trained is refused."""
+    conf = _conf(o, cfg, data)
+    key = config_hash(conf)
+    current = _check_bindable(run, o, hook, cfg, data)
+    old = current.get(hook)
     if old != _clean(conf):
         if o.overwrite:
             shutil.rmtree(run.path / SAES_DIR / hook, ignore_errors=True)

@@ -10,7 +10,7 @@ would dominate the reconstruction loss.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +23,17 @@ def _rng(seed: int, *salt: int) -> np.random.Generator:
     return np.random.default_rng([seed, *salt])
 
 
-def check_finite(x: torch.Tensor, hook: str, where: str) -> None:
-    """NaN or inf in training data is a user-visible error naming the hook and the place."""
+def check_finite(
+    x: torch.Tensor, hook: str, where: str, locate: Callable[[int], str] | None = None
+) -> None:
+    """NaN or inf in training data is a user-visible error naming the hook and the prompt
+    (via `locate`, row of `x` -> its prompt or window), so the user can find the input."""
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         row = int(bad.any(dim=-1).nonzero()[0])
+        place = locate(row) if locate else f"row {row}"
         raise SaelabError(
-            f"activations of {hook} contain NaN or inf ({where}, row {row}); re-extract them"
+            f"activations of {hook} contain NaN or inf ({place}, {where}); re-extract them"
             " with --dtype float32 or --store-dtype float32 and check the model"
         )
 
@@ -44,8 +48,17 @@ class StoreSource:
     hook: str
     batch_size: int
     seed: int
+    offsets: np.ndarray | None = None  # store row offsets per prompt, to name bad prompts
     block_rows: int = 4096
     buffer_blocks: int = 16
+
+    def _locate(self, rows: np.ndarray) -> Callable[[int], str]:
+        def where(r: int) -> str:
+            if self.offsets is None:
+                return f"store row {int(rows[r])}"
+            return f"prompt {int(np.searchsorted(self.offsets, rows[r], side='right')) - 1}"
+
+        return where
 
     @property
     def batches_per_epoch(self) -> int:
@@ -56,9 +69,9 @@ class StoreSource:
         return next(self._buffers(0, limit=n))[:n]
 
     def heldout(self, limit: int = 8192) -> torch.Tensor:
-        idx = self.held_out[:limit]
-        x = torch.from_numpy(np.asarray(self.read[np.sort(idx)])).float()
-        check_finite(x, self.hook, "held-out rows")
+        idx = np.sort(self.held_out[:limit])
+        x = torch.from_numpy(np.asarray(self.read[idx])).float()
+        check_finite(x, self.hook, "held-out rows", self._locate(idx))
         return x
 
     def _buffers(self, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
@@ -70,11 +83,11 @@ class StoreSource:
                 [self.rows[i * self.block_rows : (i + 1) * self.block_rows] for i in picked]
             )
             idx = idx[_rng(self.seed, epoch, b + 1).permutation(len(idx))]
-            x = torch.from_numpy(np.asarray(self.read[np.sort(idx)])).float()
+            sidx = np.sort(idx)
+            x = torch.from_numpy(np.asarray(self.read[sidx])).float()
+            check_finite(x, self.hook, f"epoch {epoch}, buffer {b}", self._locate(sidx))
             # read sorted (contiguous chunks), then restore the shuffled order
-            x = x[torch.from_numpy(np.argsort(np.argsort(idx)))]
-            check_finite(x, self.hook, f"epoch {epoch}, buffer {b}")
-            yield x
+            yield x[torch.from_numpy(np.argsort(np.argsort(idx)))]
             if limit is not None:
                 return
 
@@ -134,7 +147,7 @@ def store_source(
     held = all_rows[all_rows >= cut]
     if not len(held):  # one prompt only: evaluate on a slice of the training rows
         held = train[-min(len(train), 2048) :]
-    return StoreSource(train, held, arr, hook, batch_size, seed)
+    return StoreSource(train, held, arr, hook, batch_size, seed, offsets=offsets)
 
 
 class StreamSource:
@@ -161,6 +174,7 @@ class StreamSource:
         self.batch_size = batch_size
         self.seed = seed
         self.capture_batch = capture_batch
+        self._last: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
         ctx = windows.shape[1]
         self.rows_per_window = ctx - 1  # BOS dropped
         self.windows_per_buffer = max(
@@ -179,8 +193,11 @@ class StreamSource:
     def batches_per_epoch(self) -> int:
         return self.buffers_per_epoch * self.batches_per_buffer
 
-    def capture(self, windows: np.ndarray) -> dict[str, torch.Tensor]:
-        """Rows (BOS dropped) of every hook over some windows, in window order."""
+    def capture(
+        self, windows: np.ndarray, ids: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Rows (BOS dropped) of every hook over some windows (numbered `ids` in the corpus,
+        for error messages), in window order."""
         from saelab.models.capture import HookCapture, make_batch
 
         lm = self.lm
@@ -193,18 +210,30 @@ class StreamSource:
                 for h in self.hooks:
                     out[h.name].append(vals[h][:, 1:].reshape(-1, vals[h].shape[-1]).float().cpu())  # type: ignore[attr-defined]
         rows = {name: torch.cat(parts) for name, parts in out.items()}
+        per = windows.shape[1] - 1
         for name, x in rows.items():
-            check_finite(x, name, "streamed rows")
+            check_finite(
+                x,
+                name,
+                "streamed rows",
+                lambda r: f"corpus window {int(ids[r // per]) if ids is not None else r // per}",
+            )
         return rows
 
     def _buffer(self, epoch: int, b: int) -> dict[str, torch.Tensor]:
+        # the initialisation sample and step 0 read the same buffer: capture it once
+        if self._last is not None and self._last[0] == (epoch, b):
+            return self._last[1]
+        self._last = None
         order = _rng(self.seed, epoch).permutation(len(self.windows))
         pick = order[b * self.windows_per_buffer : (b + 1) * self.windows_per_buffer]
-        rows = self.capture(self.windows[np.sort(pick)])
+        rows = self.capture(self.windows[np.sort(pick)], np.sort(pick))
         perm = torch.from_numpy(
             _rng(self.seed, epoch, b + 1).permutation(len(next(iter(rows.values()))))
         )
-        return {name: x[perm] for name, x in rows.items()}
+        out = {name: x[perm] for name, x in rows.items()}
+        self._last = ((epoch, b), out)
+        return out
 
     def batches(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         step = start_step
