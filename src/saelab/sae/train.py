@@ -223,7 +223,7 @@ class SAETrainer:
         if self.cfg.compute_dtype == "bfloat16":
             w = self.W_enc.detach().to(torch.bfloat16)
             return (xc.to(torch.bfloat16) @ w.t()).float() + self.b_enc.detach()
-        return xc @ self.W_enc.detach().t() + self.b_enc.detach()
+        return torch.addmm(self.b_enc.detach(), xc, self.W_enc.detach().t())
 
     def _aux_loss(
         self, pre: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, xc: torch.Tensor
@@ -235,8 +235,13 @@ class SAETrainer:
             return torch.zeros((), device=self.device)
         k = min(self.aux_k, n_dead)
         with torch.no_grad():
-            masked = pre.masked_fill(~dead, float("-inf"))
-            idx = masked.topk(k, dim=-1).indices
+            # only the dead latents' columns are looked at: with few dead latents (the usual
+            # case) all of them are taken and no top-k over d_sae columns is needed
+            dead_idx = dead.nonzero().squeeze(1)
+            if k == n_dead:
+                idx = dead_idx.expand(x.shape[0], k)
+            else:
+                idx = dead_idx[pre.index_select(1, dead_idx).topk(k, dim=-1).indices]
             rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)
             cols = idx.reshape(-1)
         recon, _ = self._sparse_recon(xc, pre, rows, cols)
