@@ -28,6 +28,9 @@ def show_run(path: str | Path) -> None:
         units = stage.get("units", {})
         state = "complete" if stage.get("complete") else "incomplete (rerun to resume)"
         out.print(f"[bold]{name}[/bold]: {state}; {len(units)} unit(s) done")
+        if name == "train":
+            _train_table(out, c, units)
+            continue
         if c:
             out.print(
                 f"  model {c.get('model')}, prompts {c.get('prompts')} ({c.get('n_prompts')}),"
@@ -40,6 +43,38 @@ def show_run(path: str | Path) -> None:
         _store_table(out, run.path)
     if (run.path / "traces").is_dir():
         _traces_table(out, run.path)
+
+
+def _train_table(out: Console, cfg: dict, units: dict) -> None:
+    """One row per trained SAE: its shape and the quality figures `train` measured."""
+    t = Table(title="SAEs (RUN/saes/<hook>)", title_justify="left")
+    cols = ("hook", "arch", "d_sae", "k", "tokens", "EV", "L0", "dead", "dense", "CE rec.", "KL")
+    for col in cols:
+        t.add_column(col, justify="left" if col == "hook" else "right")
+    warnings = []
+    for hook, u in units.items():
+        m, c = u.get("metrics", {}), cfg.get(hook, {})
+        t.add_row(
+            hook,
+            str(c.get("architecture", "?")),
+            f"{c.get('d_sae', 0):,}",
+            str(c.get("k") or "-"),
+            f"{m.get('train_tokens', 0):,}",
+            _num(m.get("explained_variance")),
+            _num(m.get("l0"), 1),
+            f"{m.get('dead_features', 0):,} ({100 * m.get('dead_fraction', 0):.1f}%)",
+            f"{m.get('dense_features', 0):,}",
+            _num(m.get("ce_loss_recovered")),
+            _num(m.get("kl_div"), 4),
+        )
+        warnings += [f"{hook}: {w}" for w in m.get("warnings", [])]
+    out.print(t)
+    for w in warnings:
+        out.print(f"  [bold red]WARNING[/bold red] {w}")
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _plan_vs_measured(out: Console, stage: dict) -> None:

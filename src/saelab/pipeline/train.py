@@ -348,7 +348,8 @@ def _finish(
     metrics["warnings"] = warnings
     meta = {
         "hook_name": hook,
-        "model_name": run.read_config().get("extract", {}).get("model", o.model),
+        "model_name": getattr(lm, "name", None)
+        or run.read_config().get("extract", {}).get("model", o.model),
         "context_size": o.context,
         "prepend_bos": True,
         "dataset_path": o.corpus or ("builtin:stdlib" if o.stream else "activation store"),
@@ -367,6 +368,8 @@ def _finish(
     final.save(run.path / SAES_DIR / hook, log_density=log_density)
     metrics["seconds_eval"] = time.perf_counter() - t0
     run.record_unit(STAGE, hook, {"config_hash": key, "metrics": metrics, **progress_dict(prog)})
+    trained = set(run.done_units(STAGE))
+    run.update_stage(STAGE, complete=set(run.read_config().get(STAGE, {})) <= trained)
     _ckpt(run, hook).unlink(missing_ok=True)
     _report(hook, metrics, o.quiet)
     return metrics
