@@ -334,3 +334,16 @@ def load_model(
         n_layers=n_layers,
         d_model=d_model,
     )
+
+
+def load_tokenizer(spec: str) -> Any:
+    """Only the tokenizer of a model (no weights): for turning stored token ids into text.
+    A GGUF model must have been converted once (any earlier load did that)."""
+    from transformers import AutoTokenizer
+
+    name = "default" if spec == DEFAULT_NAME else spec
+    source = resolve_spec(name)
+    if source.kind == "gguf" and not gguf_cache_path(Path(source.location)).is_dir():
+        raise SaelabError(f"{spec}: its GGUF is not converted yet; load the model once")
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(str(local_folder(source)))

@@ -6,6 +6,15 @@
     relu:      f = relu(pre)
     x_hat = f @ W_dec + b_dec
 
+Pretrained releases add three variations, all optional and all absent from the cfg.json of an
+SAE saelab trains (so that layout is unchanged):
+    normalize_activations="layer_norm"  encode sees (x - mean) / (std + 1e-5) per token (OpenAI's
+                                        GPT-2 SAEs); forward un-normalises its reconstruction
+    d_out (transcoders)                 W_dec [d_sae, d_out], b_dec [d_out]; an optional affine
+                                        skip W_skip [d_in, d_out] adds x @ W_skip in forward
+    has_decoder=False                   encoder only (a cross-layer transcoder's layer): its
+                                        decoder is never needed for activations, so none is kept
+
 Shapes follow SAELens: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in],
 threshold [d_sae]. A folder holds `cfg.json`, `sae_weights.safetensors` and optionally
 `sparsity.safetensors` (`sparsity`: log10 feature density), so an SAE saved here loads in
@@ -32,6 +41,17 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+NORMALIZATIONS = ("none", "layer_norm", "expected_average_only_in", "constant_norm_rescale")
+LN_EPS = 1e-5  # OpenAI's and SAELens's layer-norm epsilon, added to the std (not the variance)
+#: SAELens architecture names that are one of ours plus a transcoder output (and maybe a skip)
+_ARCH_ALIASES: dict[str, tuple[str, bool]] = {
+    "standard": ("relu", False),  # SAELens's name for the ReLU-L1 SAE
+    "transcoder": ("relu", False),
+    "skip_transcoder": ("relu", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+    "topk_transcoder": ("topk", False),
+}
 
 
 @dataclass
@@ -48,14 +68,30 @@ class SAEConfig:
     normalize_activations: str = "none"
     reshape_activations: str = "none"
     metadata: dict[str, Any] = field(default_factory=dict)
+    d_out: int | None = None  # transcoders: width of the output site (None: d_in, an autoencoder)
+    skip_connection: bool = False  # transcoders: an affine skip W_skip [d_in, d_out] in forward
+    has_decoder: bool = True  # False: encoder only (CLT layers); decode raises
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise SaelabError(
                 f"SAE architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
             )
-        if self.d_in < 1 or self.d_sae < 1:
-            raise SaelabError(f"SAE sizes must be positive (d_in {self.d_in}, d_sae {self.d_sae})")
+        if self.d_in < 1 or self.d_sae < 1 or (self.d_out is not None and self.d_out < 1):
+            raise SaelabError(
+                f"SAE sizes must be positive (d_in {self.d_in}, d_sae {self.d_sae},"
+                f" d_out {self.d_out})"
+            )
+        if self.apply_b_dec_to_input and self.d_out not in (None, self.d_in):
+            raise SaelabError(
+                f"apply_b_dec_to_input needs b_dec in the input space, but this transcoder maps"
+                f" d_in={self.d_in} to d_out={self.d_out}: set apply_b_dec_to_input false"
+            )
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise SaelabError(
+                f"normalize_activations {self.normalize_activations!r} is not one of"
+                f" {', '.join(NORMALIZATIONS)}"
+            )
         if self.architecture not in ("topk", "batchtopk"):
             self.k = None  # k means nothing to a JumpReLU or ReLU SAE
         elif self.k is None or not 1 <= self.k <= self.d_sae:
@@ -68,10 +104,20 @@ class SAEConfig:
     def hook_name(self) -> str:
         return str(self.metadata.get("hook_name", ""))
 
+    @property
+    def out_width(self) -> int:
+        """Width of the reconstruction: d_out for a transcoder, else d_in."""
+        return self.d_out if self.d_out is not None else self.d_in
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["k"] is None:
             del d["k"]
+        # the transcoder/encoder-only keys appear only when used: a plain SAE's cfg.json is
+        # exactly what SAELens writes
+        for key, default in (("d_out", None), ("skip_connection", False), ("has_decoder", True)):
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -88,9 +134,12 @@ class SAEConfig:
         kw["metadata"] = meta
         if kw.get("normalize_activations") is None:
             kw["normalize_activations"] = "none"
+        if "hook_name_out" in d and "hook_name_out" not in meta:  # SAELens transcoders
+            meta["hook_name_out"] = d["hook_name_out"]
         kw["architecture"] = str(kw.get("architecture", "jumprelu" if "threshold" in d else "relu"))
-        aliases = {"standard": "relu"}  # SAELens's name for the ReLU-L1 SAE
-        kw["architecture"] = aliases.get(kw["architecture"], kw["architecture"])
+        if kw["architecture"] in _ARCH_ALIASES:
+            kw["architecture"], skip = _ARCH_ALIASES[kw["architecture"]]
+            kw["skip_connection"] = bool(kw.get("skip_connection", False) or skip)
         return cls(**kw)
 
 
@@ -101,15 +150,25 @@ class SAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         dt = _DTYPES.get(cfg.dtype, torch.float32)
-        d, s = cfg.d_in, cfg.d_sae
+        d, s, o = cfg.d_in, cfg.d_sae, cfg.out_width
         self.W_enc = nn.Parameter(torch.zeros(d, s, dtype=dt))
         self.b_enc = nn.Parameter(torch.zeros(s, dtype=dt))
-        self.W_dec = nn.Parameter(torch.zeros(s, d, dtype=dt))
-        self.b_dec = nn.Parameter(torch.zeros(d, dtype=dt))
+        self.W_dec: nn.Parameter | None
+        if cfg.has_decoder:
+            self.W_dec = nn.Parameter(torch.zeros(s, o, dtype=dt))
+        else:
+            self.register_parameter("W_dec", None)
+        self.b_dec = nn.Parameter(torch.zeros(o, dtype=dt))
+        self.threshold: nn.Parameter | None
         if cfg.architecture in ("jumprelu", "batchtopk"):
             self.threshold = nn.Parameter(torch.zeros(s, dtype=dt))
         else:
             self.register_parameter("threshold", None)
+        self.W_skip: nn.Parameter | None
+        if cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(d, o, dtype=dt))
+        else:
+            self.register_parameter("W_skip", None)
 
     @property
     def d_in(self) -> int:
@@ -119,15 +178,34 @@ class SAE(nn.Module):
     def d_sae(self) -> int:
         return self.cfg.d_sae
 
-    # -- the maths -----------------------------------------------------------------------
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.W_enc.dtype)
-        if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+    @property
+    def is_transcoder(self) -> bool:
+        return self.cfg.d_out is not None
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.pre_acts(x)
+    # -- the maths -----------------------------------------------------------------------
+    def normalize_input(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(x as the encoder sees it, mean, std); mean and std are None without layer_norm.
+
+        The std is torch's default (unbiased), as in OpenAI's `LN` and SAELens's layer_norm."""
+        x = x.to(self.W_enc.dtype)
+        if self.cfg.normalize_activations != "layer_norm":
+            return x, None, None
+        mu = x.mean(dim=-1, keepdim=True)
+        x = x - mu
+        std = x.std(dim=-1, keepdim=True)
+        return x / (std + LN_EPS), mu, std
+
+    def _pre(self, xn: torch.Tensor) -> torch.Tensor:
+        if self.cfg.apply_b_dec_to_input:
+            xn = xn - self.b_dec
+        return xn @ self.W_enc + self.b_enc
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pre(self.normalize_input(x)[0])
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
         arch = self.cfg.architecture
         if arch == "topk":
             vals, idx = torch.relu(pre).topk(self.cfg.k, dim=-1)
@@ -136,31 +214,75 @@ class SAE(nn.Module):
             return torch.relu(pre) * (pre > self.threshold)
         return torch.relu(pre)
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The codes of x (of the normalised x, for a layer_norm SAE)."""
+        return self.activate(self.pre_acts(x))
+
     def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """f @ W_dec + b_dec: in the normalised space for a layer_norm SAE (forward undoes it),
+        without the skip term for a skip transcoder (it needs x; forward adds it)."""
+        if self.W_dec is None:
+            raise SaelabError(
+                f"this SAE ({self.cfg.metadata.get('format', 'saelab')}"
+                f" {self.cfg.hook_name or 'SAE'}) was loaded encoder-only: its decoder was not"
+                " loaded, so it gives activations but cannot decode or patch"
+            )
         return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        xn, mu, std = self.normalize_input(x)
+        out = self.decode(self.activate(self._pre(xn)))
+        if mu is not None and std is not None:
+            out = out * std + mu
+        if self.W_skip is not None:
+            out = out + x.to(self.W_skip.dtype) @ self.W_skip
+        return out
 
     def fold_input_scale(self, scale: float) -> None:
         """Make an SAE trained on `scale * x` work on raw x (SAELens's fold, same maths):
         the pre-activations are unchanged, so thresholds stay as they are."""
         with torch.no_grad():
             self.W_enc.mul_(scale)
-            self.W_dec.div_(scale)
+            if self.W_dec is not None:
+                self.W_dec.div_(scale)
             self.b_dec.div_(scale)
 
     # -- files ---------------------------------------------------------------------------
     def state_for_file(self) -> dict[str, torch.Tensor]:
-        out = {
-            "W_enc": self.W_enc.detach().contiguous(),
-            "W_dec": self.W_dec.detach().contiguous(),
-            "b_enc": self.b_enc.detach().contiguous(),
-            "b_dec": self.b_dec.detach().contiguous(),
-        }
-        if self.threshold is not None:
-            out["threshold"] = self.threshold.detach().contiguous()
-        return out
+        return {name: p.detach().contiguous() for name, p in self.named_parameters()}
+
+    @classmethod
+    def from_state(
+        cls, cfg: SAEConfig, state: Mapping[str, torch.Tensor], source: str = "state dict"
+    ) -> SAE:
+        """Build an SAE that takes `state`'s tensors as they are (dtype included).
+
+        Built on the meta device and filled with `assign=True`, as SAELens and circuit-tracer
+        do: a zero-filled SAE first would hold a 1M-feature SAE in memory twice. A scalar
+        threshold is expanded to [d_sae]; anything missing, extra or mis-shaped is a one-line
+        error naming `source`."""
+        with torch.device("meta"):
+            sae = cls(cfg)
+        want = {name: tuple(p.shape) for name, p in sae.named_parameters()}
+        missing = sorted(set(want) - set(state))
+        if missing:
+            raise SaelabError(f"{source} has no tensor {missing[0]!r} (has {sorted(state)})")
+        extra = sorted(set(state) - set(want))
+        if extra:
+            raise SaelabError(f"{source}: unexpected tensors {extra} for a {cfg.architecture} SAE")
+        full: dict[str, torch.Tensor] = {}
+        for name, shape in want.items():
+            t = state[name]
+            if name == "threshold" and t.numel() == 1 and shape != (1,):
+                t = t.reshape(()).expand(shape).clone()
+            if tuple(t.shape) != shape:
+                raise SaelabError(
+                    f"{source}: {name} has shape {list(t.shape)}, expected {list(shape)}"
+                    f" (d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.out_width})"
+                )
+            full[name] = t
+        sae.load_state_dict(full, assign=True)
+        return sae
 
     def save(self, folder: Path | str, log_density: torch.Tensor | None = None) -> Path:
         """Write cfg.json + sae_weights.safetensors (+ sparsity.safetensors) atomically."""

@@ -5,6 +5,7 @@ which nothing else here does."""
 from typing import Any
 
 from saelab.store.activations import STORE_DIR, ActivationWriter
+from saelab.store.codes import Codes, HookCodes, open_codes
 from saelab.store.reader import ActivationStore, HookArray, open_activations
 from saelab.store.trace_reader import TraceStore, open_traces
 from saelab.store.traces import TRACES_DIR, Trace, TraceWriter
@@ -14,12 +15,15 @@ __all__ = [
     "TRACES_DIR",
     "ActivationStore",
     "ActivationWriter",
+    "Codes",
+    "HookCodes",
     "HookArray",
     "Trace",
     "TraceDataset",
     "TraceStore",
     "TraceWriter",
     "open_activations",
+    "open_codes",
     "open_traces",
 ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ from saelab.errors import SaelabError
 from saelab.run import TMP_PREFIX
 from saelab.store.activations import STORE_DIR, read_root_meta
 from saelab.store.codecs import StoreDType, check_dtype, decode_rows, quiet_numcodecs
+
+
+@dataclass(frozen=True)
+class ShardSpan:
+    shard: int
+    prompt_lo: int
+    prompt_hi: int
+    row_lo: int
+    row_hi: int
 
 
 def _open_array(path: Path) -> zarr.Array:
@@ -112,6 +122,20 @@ class ActivationStore:
         if hook not in self._hook_arrays:
             self._hook_arrays[hook] = HookArray(self, hook)
         return self._hook_arrays[hook]
+
+    def shards(self) -> list[ShardSpan]:
+        """Each complete shard's id and its prompt and row ranges in the whole table: the
+        unit of work of stages that go shard by shard (encode) and resume per shard."""
+        return [
+            ShardSpan(
+                sid,
+                int(self._shard_prompt_starts[k]),
+                int(self._shard_prompt_starts[k + 1]),
+                int(self._shard_row_starts[k]),
+                int(self._shard_row_starts[k + 1]),
+            )
+            for k, sid in enumerate(self.shard_ids)
+        ]
 
     def prompt(self, hook: str, i: int) -> np.ndarray:
         _, i = self._prompt_shard(i)

@@ -1,0 +1,148 @@
+"""`saelab export RUN`: chosen features' activations per prompt and token, for other tools.
+
+JSON is for people and notebooks (one object per prompt: id, text, group, token ids and
+strings, and per hook the values of each chosen feature at each position); npz is for
+arrays (per hook a dense rows x features block, its row offsets per prompt, the prompt ids).
+Only the chosen features are ever made dense, so the output is small even for a 98k-wide SAE.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saelab.errors import SaelabError
+from saelab.run import atomic_write_bytes
+from saelab.store.codes import open_codes, parse_features
+
+FORMATS = ("json", "npz")
+
+
+def run_export(
+    run: str,
+    *,
+    features: str | None,
+    fmt: str = "json",
+    hooks: str | None = None,
+    out: str | None = None,
+    quiet: bool = False,
+) -> Path:
+    if fmt not in FORMATS:
+        raise SaelabError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    codes = open_codes(run)
+    wanted = [h.strip() for h in hooks.split(",")] if hooks else codes.hooks
+    blocks: dict[str, dict[str, Any]] = {}
+    for hook in wanted:
+        hc = codes[_resolve(hook, codes.hooks)]
+        feats = parse_features(features, hc.d_sae) or hc.features
+        if not feats:
+            raise SaelabError(
+                "--features is required (e.g. --features 645,1170): exporting every feature"
+                " densely would be huge"
+            )
+        if hc.features is not None and not set(feats) <= set(hc.features):
+            missing = sorted(set(feats) - set(hc.features))
+            raise SaelabError(
+                f"{hc.hook} was encoded with --features {_ids(hc.features)} only; feature"
+                f" {missing[0]} was not kept. Encode again with it"
+            )
+        dense = hc.matrix()[:, feats].toarray().astype(np.float32)
+        blocks[hc.hook] = {"features": feats, "values": dense, "codes": hc}
+    path = Path(out) if out else Path(run) / f"export.{fmt}"
+    if fmt == "npz":
+        _write_npz(path, codes, blocks)
+    else:
+        _write_json(path, codes, blocks, Path(run))
+    return path
+
+
+def _resolve(hook: str, available: list[str]) -> str:
+    if hook in available:
+        return hook
+    from saelab.models.hooks import parse_hooks
+
+    try:
+        names = [h.name for h in parse_hooks(hook, 10_000)]
+    except SaelabError:
+        names = []
+    for n in names:
+        if n in available:
+            return n
+    raise SaelabError(
+        f"--hooks {hook}: the run has codes of {', '.join(available)} only; encode it first"
+    )
+
+
+def _ids(feats: list[int]) -> str:
+    return ",".join(map(str, feats[:8])) + (",..." if len(feats) > 8 else "")
+
+
+def _write_npz(path: Path, codes: Any, blocks: dict[str, dict[str, Any]]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for hook, b in blocks.items():
+        hc = b["codes"]
+        arrays[f"{hook}/values"] = b["values"]
+        arrays[f"{hook}/features"] = np.asarray(b["features"], dtype=np.int64)
+        arrays[f"{hook}/row_offsets"] = hc.row_offsets
+        arrays[f"{hook}/prompt_index"] = hc.prompt_index
+        arrays[f"{hook}/prompt_ids"] = np.asarray(codes.prompt_ids(hook), dtype=str)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _write_json(path: Path, codes: Any, blocks: dict[str, dict[str, Any]], run: Path) -> None:
+    table = codes.prompts()
+    store = _store_or_none(run)
+    decode = _token_decoder(store)
+    first = next(iter(blocks.values()))["codes"]
+    out = []
+    for j, p in enumerate(first.prompt_index):
+        item: dict[str, Any] = {
+            "id": table["id"][p],
+            "text": table["text"][p],
+            "group": table["group"][p],
+        }
+        if store is not None:
+            ids = [int(t) for t in store.tokens(j)]
+            item["token_ids"] = ids
+            if decode is not None:
+                item["tokens"] = [decode(t) for t in ids]
+        item["positions"] = first.positions
+        item["features"] = {}
+        for hook, b in blocks.items():
+            hc = b["codes"]
+            lo, hi = int(hc.row_offsets[j]), int(hc.row_offsets[j + 1])
+            vals = b["values"][lo:hi]
+            item["features"][hook] = {
+                str(f): [round(float(v), 6) for v in vals[:, i]]
+                for i, f in enumerate(b["features"])
+            }
+        out.append(item)
+    atomic_write_bytes(path, (json.dumps(out, indent=1) + "\n").encode())
+
+
+def _store_or_none(run: Path) -> Any:
+    from saelab.store import open_activations
+
+    try:
+        return open_activations(run)
+    except SaelabError:
+        return None
+
+
+def _token_decoder(store: Any) -> Any:
+    """Token id -> text with the run's tokenizer when it is on this machine (else ids only)."""
+    if store is None:
+        return None
+    try:
+        from saelab.models.loading import load_tokenizer
+
+        tok = load_tokenizer(str(store.attrs.get("model") or "default"))
+    except (ImportError, SaelabError, OSError):
+        return None
+    return lambda t: tok.decode([t])

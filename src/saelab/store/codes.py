@@ -1,0 +1,255 @@
+"""Sparse SAE codes: `RUN/codes/<hook>/`, CSR per (hook, prompt shard), never dense.
+
+    codes/<hook>/meta.json            what produced them: SAE source, d_sae, positions, features
+    codes/<hook>/<shard>.safetensors  indptr int64 [rows+1], indices uint16|uint32 [nnz],
+                                      values float32|float16 [nnz], prompt_index int64 [prompts],
+                                      row_offsets int64 [prompts+1] (rows of each prompt)
+
+A shard file is written whole and renamed into place, so a killed `encode` leaves only whole
+shards and resumes at the first missing (hook, shard). Feature ids in `indices` are the SAE's
+own ids even when only some features are kept, so they match dashboards and papers. Indices
+are uint16 when d_sae fits (<= 65,536 features): a third of int64's bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saelab.errors import SaelabError
+from saelab.run import atomic_write_bytes, atomic_write_json
+
+CODES_DIR = "codes"
+FORMAT = "saelab.codes"
+VERSION = 1
+POSITIONS = ("all", "last", "max", "mean")
+
+
+def hook_dir(run: Path | str, hook: str) -> Path:
+    return Path(run) / CODES_DIR / hook
+
+
+def index_dtype(d_sae: int) -> np.dtype:
+    return np.dtype(np.uint16) if d_sae <= 2**16 else np.dtype(np.uint32)
+
+
+def _shard_file(shard: int) -> str:
+    return f"{int(shard):05d}.safetensors"
+
+
+@dataclass
+class CodesWriter:
+    """Writes one hook's code shards; refuses to mix codes made another way."""
+
+    run: Path
+    hook: str
+    meta: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.dir = hook_dir(self.run, self.hook)
+        meta = {"format": FORMAT, "version": VERSION, "hook": self.hook, **self.meta}
+        old = read_meta(self.dir)
+        if old is not None and old != json.loads(json.dumps(meta)):
+            diffs = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            raise SaelabError(
+                f"{self.dir} holds codes made differently ({', '.join(diffs[:3])} differ);"
+                " use another --run or --overwrite"
+            )
+        if old is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.dir / "meta.json", meta)
+        self.meta = meta
+
+    def has_shard(self, shard: int) -> bool:
+        return (self.dir / _shard_file(shard)).is_file()
+
+    @staticmethod
+    def exists(run: Path | str, hook: str, shard: int) -> bool:
+        """Whether a shard's codes are written (without opening a writer)."""
+        return (hook_dir(run, hook) / _shard_file(shard)).is_file()
+
+    def write_shard(
+        self,
+        shard: int,
+        *,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        values: np.ndarray,
+        prompt_index: np.ndarray,
+        row_offsets: np.ndarray,
+    ) -> int:
+        """Write one shard atomically; return its bytes."""
+        from safetensors.numpy import save
+
+        d_sae = int(self.meta["d_sae"])
+        if len(indices) and int(indices.max()) >= d_sae:
+            raise ValueError(f"feature id {int(indices.max())} >= d_sae {d_sae}")
+        blob = save(
+            {
+                "indptr": np.ascontiguousarray(indptr, dtype=np.int64),
+                "indices": np.ascontiguousarray(indices, dtype=index_dtype(d_sae)),
+                "values": np.ascontiguousarray(values, dtype=self.meta.get("values", "float32")),
+                "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
+                "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
+            }
+        )
+        atomic_write_bytes(self.dir / _shard_file(shard), blob)
+        return len(blob)
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    p = folder / "meta.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise SaelabError(f"{p} is damaged ({e}); encode again with --overwrite") from e
+
+
+class HookCodes:
+    """One hook's codes across shards: a scipy CSR matrix (rows x d_sae) and its prompts."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
+        from safetensors.numpy import load_file
+
+        self.folder = folder
+        self.meta = meta
+        self.hook: str = meta["hook"]
+        self.d_sae: int = int(meta["d_sae"])
+        self.positions: str = meta["positions"]
+        self.features: list[int] | None = meta.get("features")
+        self.shards = sorted(int(p.name.split(".")[0]) for p in folder.glob("*.safetensors"))
+        self._parts = [load_file(str(folder / _shard_file(s))) for s in self.shards]
+        offs, pidx, start = [np.zeros(1, np.int64)], [], 0
+        for part in self._parts:
+            offs.append(part["row_offsets"][1:] + start)
+            pidx.append(part["prompt_index"])
+            start += int(part["row_offsets"][-1])
+        self.row_offsets: np.ndarray = np.concatenate(offs)
+        self.prompt_index: np.ndarray = np.concatenate(pidx) if pidx else np.zeros(0, np.int64)
+        self.n_rows = start
+
+    def matrix(self) -> Any:
+        """All rows as one `scipy.sparse.csr_matrix` (rows in prompt-shard order)."""
+        import scipy.sparse as sp
+
+        if not self._parts:
+            return sp.csr_matrix((0, self.d_sae), dtype=np.float32)
+        mats = [
+            sp.csr_matrix(
+                (p["values"], p["indices"].astype(np.int32), p["indptr"]),
+                shape=(len(p["indptr"]) - 1, self.d_sae),
+            )
+            for p in self._parts
+        ]
+        return sp.vstack(mats, format="csr")
+
+    def prompt(self, i: int) -> Any:
+        """Rows of the i-th stored prompt (one row unless positions are all)."""
+        return self.matrix()[int(self.row_offsets[i]) : int(self.row_offsets[i + 1])]
+
+    def __repr__(self) -> str:
+        return (
+            f"HookCodes({self.hook!r}, {len(self.prompt_index)} prompts, {self.n_rows} rows,"
+            f" d_sae {self.d_sae}, positions {self.positions!r})"
+        )
+
+
+class Codes:
+    """Codes of a run: `codes[hook]`, plus the prompts' ids, texts and groups."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        root = run / CODES_DIR
+        self.hooks: list[str] = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and read_meta(p) is not None
+        )
+        self._cache: dict[str, HookCodes] = {}
+        self._prompts: Any = None
+
+    def __getitem__(self, hook: str) -> HookCodes:
+        if hook not in self.hooks:
+            raise SaelabError(
+                f"{self.run} has no codes of {hook} (it has {', '.join(self.hooks) or 'none'});"
+                " run `saelab encode` for it"
+            )
+        if hook not in self._cache:
+            folder = hook_dir(self.run, hook)
+            self._cache[hook] = HookCodes(folder, read_meta(folder) or {})
+        return self._cache[hook]
+
+    def prompts(self) -> dict[str, list[Any]]:
+        """The run's prompt table (ids, texts, groups) in its original order."""
+        if self._prompts is None:
+            self._prompts = read_run_prompts(self.run)
+        return self._prompts
+
+    def prompt_ids(self, hook: str) -> list[str]:
+        ids = self.prompts()["id"]
+        return [ids[i] for i in self[hook].prompt_index]
+
+    def groups(self, hook: str) -> list[str | None]:
+        groups = self.prompts()["group"]
+        return [groups[i] for i in self[hook].prompt_index]
+
+    def __repr__(self) -> str:
+        return f"Codes({str(self.run)!r}, hooks={self.hooks})"
+
+
+def read_run_prompts(run: Path) -> dict[str, list[Any]]:
+    """ids, texts and groups of RUN/prompts.parquet (written by extract)."""
+    import pyarrow.parquet as pq
+
+    p = run / "prompts.parquet"
+    if not p.is_file():
+        raise SaelabError(f"{run} has no prompts.parquet; run `saelab extract --run {run}` first")
+    t = pq.read_table(p).to_pydict()
+    n = len(t.get("text", []))
+    return {
+        "id": [str(x) for x in t.get("id", range(n))],
+        "text": list(t.get("text", [])),
+        "group": list(t.get("group", [None] * n)),
+    }
+
+
+def open_codes(run: Path | str) -> Codes:
+    """Open the codes of a run folder for reading."""
+    p = Path(run)
+    if not (p / CODES_DIR).is_dir():
+        raise SaelabError(f"no codes in {p}; run `saelab encode --run {p}` first")
+    return Codes(p)
+
+
+def parse_features(spec: str | Sequence[int] | None, d_sae: int | None = None) -> list[int] | None:
+    """`--features 645,1170,3-7` -> sorted unique ids; out of range is a one-line error."""
+    if spec is None or spec == "":
+        return None
+    items: list[int] = []
+    parts = spec.split(",") if isinstance(spec, str) else [str(x) for x in spec]
+    for part in parts:
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                items.extend(range(int(a), int(b) + 1))
+            elif part:
+                items.append(int(part))
+        except ValueError as e:
+            raise SaelabError(
+                f"--features {spec!r}: {part!r} is not a feature id or range (e.g. 645,1170,3-7)"
+            ) from e
+    out = sorted(set(items))
+    if out and out[0] < 0:
+        raise SaelabError(f"--features {spec!r}: feature ids are non-negative")
+    if d_sae is not None and out and out[-1] >= d_sae:
+        raise SaelabError(
+            f"--features {spec!r}: feature {out[-1]} does not exist (the SAE has {d_sae},"
+            f" numbered 0-{d_sae - 1})"
+        )
+    return out
