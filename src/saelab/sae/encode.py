@@ -56,10 +56,23 @@ def _narrow(sae: torch.nn.Module, cols: torch.Tensor) -> torch.nn.Module | None:
     """The same SAE restricted to some features, for gate-per-feature architectures (ReLU,
     JumpReLU): each feature's code depends only on its own encoder column, so encoding the
     narrow SAE gives exactly those columns of the full codes. None for TopK (it needs all)."""
-    arch = getattr(sae.cfg, "architecture", "")
-    if arch not in ("relu", "jumprelu") or not hasattr(sae, "narrow"):
+    import dataclasses
+
+    from saelab.sae.model import SAE
+
+    cfg = sae.cfg
+    if cfg.architecture not in ("relu", "jumprelu") or not isinstance(sae, SAE):
         return None
-    return sae.narrow(cols)  # type: ignore[operator]
+    d_sae = int(cfg.d_sae)
+    axis = {"W_enc": 1, "b_enc": 0, "threshold": 0, "W_dec": 0}  # the feature axis
+    state = {}
+    for name, t in sae.named_parameters():
+        t = t.detach()
+        state[name] = t.index_select(axis[name], cols) if name in axis else t
+        if name in axis and t.shape[axis[name]] != d_sae:
+            return None  # a layout this function does not know: encode fully instead
+    sub = dataclasses.replace(cfg, d_sae=len(cols), metadata=dict(cfg.metadata))
+    return SAE.from_state(sub, state, "narrowed SAE")
 
 
 def dense_codes(
@@ -86,13 +99,61 @@ def encode_rows(
     x_all = torch.as_tensor(np.asarray(rows)) if not isinstance(rows, torch.Tensor) else rows
     counts, idx_parts, val_parts = [], [], []
     for i in range(0, len(x_all), step):
-        f = dense_codes(sae, x_all[i : i + step].float(), cols, narrow)
+        x = x_all[i : i + step].float()
+        fast = _nonzeros(narrow if narrow is not None else sae, x, None if narrow else cols)
+        if fast is not None:
+            r, c_np, v = fast
+            counts.append(torch.bincount(r, minlength=len(x)).numpy())
+            # a narrowed SAE numbers its columns 0..len(features)-1: map them back to ids
+            idx_parts.append(ids[c_np] if narrow is not None and ids is not None else c_np)
+            val_parts.append(v)
+            continue
+        f = dense_codes(sae, x, cols, narrow)
         r, c = f.nonzero(as_tuple=True)
         counts.append(torch.bincount(r, minlength=f.shape[0]).numpy())
         c_np = c.numpy()
         idx_parts.append(ids[c_np] if ids is not None else c_np)
         val_parts.append(f[r, c].numpy())
     return _assemble(counts, idx_parts, val_parts)
+
+
+def _nonzeros(
+    sae: torch.nn.Module, x: torch.Tensor, cols: torch.Tensor | None
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray] | None:
+    """(row, feature id, value) of the non-zero codes straight from the pre-activations,
+    without a dense code matrix: TopK keeps its k values (ReLU applied after the top-k picks
+    the same positive values), a gate compares once against max(threshold, 0). Returns None
+    for an SAE this does not know (the dense path handles it)."""
+    from saelab.sae.model import SAE
+
+    if not isinstance(sae, SAE):
+        return None
+    arch = sae.cfg.architecture
+    with torch.no_grad():
+        pre = sae.pre_acts(x).float()
+        if arch == "topk":
+            vals, idx = pre.topk(int(sae.cfg.k), dim=-1)
+            idx, order = idx.sort(dim=-1)
+            vals = vals.gather(-1, order)
+            keep = vals > 0
+            if cols is not None:
+                keep &= torch.isin(idx, cols)
+            rows = torch.arange(len(x)).unsqueeze(1).expand_as(idx)[keep]
+            return rows, idx[keep].numpy(), vals[keep].numpy()
+        if arch in ("jumprelu", "batchtopk"):
+            if sae.threshold is None:
+                return None
+            mask = pre > sae.threshold.float().clamp_min(0)
+        elif arch == "relu":
+            mask = pre > 0
+        else:
+            return None
+        r, c = mask.nonzero(as_tuple=True)
+        vals = pre[r, c]
+        if cols is not None:  # a gate SAE that could not be narrowed
+            keep = torch.isin(c, cols)
+            r, c, vals = r[keep], c[keep], vals[keep]
+        return r, c.numpy(), vals.numpy()
 
 
 def _assemble(counts: list, idx_parts: list, val_parts: list) -> CSR:

@@ -200,6 +200,8 @@ class SAE(nn.Module):
     def _pre(self, xn: torch.Tensor) -> torch.Tensor:
         if self.cfg.apply_b_dec_to_input:
             xn = xn - self.b_dec
+        if xn.dim() == 2:  # the bias added inside the matmul: one pass less over (rows x d_sae)
+            return torch.addmm(self.b_enc, xn, self.W_enc)
         return xn @ self.W_enc + self.b_enc
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
