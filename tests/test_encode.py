@@ -155,6 +155,16 @@ def test_a_killed_encode_resumes_at_the_first_missing_shard(store_run, saes, tmp
     assert (run / "codes" / NAMES[1] / "00000.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_show_lists_the_codes(store_run, saes, tmp_path, capsys):
+    run = copy_run(store_run, tmp_path / "run")
+    run_encode(EncodeOptions(saes=str(saes), run=str(run), positions="last", quiet=True))
+    capsys.readouterr()
+    main(["show", str(run)])
+    out = capsys.readouterr().out
+    assert "codes (RUN/codes/<hook>), positions last" in out
+    assert NAMES[0] in out and "saelens" in out
+
+
 def cli(capsys, *args: str) -> tuple[int, str]:
     try:
         main(list(args))

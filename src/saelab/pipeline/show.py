@@ -31,6 +31,9 @@ def show_run(path: str | Path) -> None:
         if name == "train":
             _train_table(out, c, units)
             continue
+        if name == "encode":
+            _encode_table(out, c, stage, units)
+            continue
         if c:
             out.print(
                 f"  model {c.get('model')}, prompts {c.get('prompts')} ({c.get('n_prompts')}),"
@@ -71,6 +74,31 @@ def _train_table(out: Console, cfg: dict, units: dict) -> None:
     out.print(t)
     for w in warnings:
         out.print(f"  [bold red]WARNING[/bold red] {w}")
+
+
+def _encode_table(out: Console, cfg: dict, stage: dict, units: dict) -> None:
+    """One row per encoded hook: which SAE, how sparse, how big (RUN/codes/<hook>/)."""
+    t = Table(title=f"codes (RUN/codes/<hook>), positions {cfg.get('positions', '?')}",
+              title_justify="left")  # fmt: skip
+    for col in ("hook", "SAE", "format", "d_sae", "rows", "mean L0", "bytes"):
+        t.add_column(col, justify="left" if col in ("hook", "SAE", "format") else "right")
+    for hook, u in units.items():
+        t.add_row(
+            hook,
+            str(u.get("sae", "?")),
+            str(u.get("format", "?")),
+            f"{u.get('d_sae', 0):,}",
+            f"{u.get('rows', 0):,}",
+            _num(u.get("mean_l0"), 1),
+            format_bytes(u.get("bytes")),
+        )
+    out.print(t)
+    f = stage.get("fetch") or {}
+    if f.get("downloads") or f.get("cache_hits"):
+        out.print(
+            f"  downloads {f['downloads']} ({format_bytes(f.get('bytes_downloaded'))}), peak"
+            f" hub cache {format_bytes(f.get('peak_cache_bytes'))}"
+        )
 
 
 def _num(v: float | None, digits: int = 3) -> str:
