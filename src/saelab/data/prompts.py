@@ -31,6 +31,8 @@ from saelab.errors import SaelabError
 
 DEMO_SOURCE = "builtin:demo"
 _DEMO_RESOURCE = "demo_prompts.jsonl"
+STYLES_SOURCE = "builtin:styles"  # 40 statements, each written formally and casually
+_BUILTIN = {DEMO_SOURCE: _DEMO_RESOURCE, STYLES_SOURCE: "style_prompts.jsonl"}
 _FORMATS = {
     ".txt": "txt",
     ".jsonl": "jsonl",
@@ -129,15 +131,16 @@ def read_prompts(
 
     The format follows the suffix. `id_column=None` or `group_column=None` ignore those
     columns. A column named by the caller (anything but the defaults) must exist; the default
-    `id`/`group` columns are used only when present. `path` may also be "builtin:demo".
+    `id`/`group` columns are used only when present. `path` may also be "builtin:demo" or
+    "builtin:styles".
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SaelabError(
             f"reading prompts from {path}: limit must be a whole number of at least 1 "
             f"(got {limit!r}); pass --limit 1 or more, or leave it out to read every prompt"
         )
-    if str(path) == DEMO_SOURCE:
-        table = demo_prompts()
+    if str(path) in _BUILTIN:
+        table = builtin_prompts(str(path))
         return table if limit is None else table.select(range(min(limit, len(table))))
 
     p = Path(path).expanduser()
@@ -195,7 +198,14 @@ def read_prompts(
 
 def demo_prompts() -> PromptTable:
     """The built-in true/false statements, so the demo and tests run with no user data."""
-    data = resources.files("saelab.data").joinpath(_DEMO_RESOURCE).read_bytes()
-    columns, rows = _parse_jsonl(_decode(data, DEMO_SOURCE), DEMO_SOURCE, None)
-    ids, texts, groups = _build_columns(DEMO_SOURCE, columns, rows, "text", "id", "group")
-    return PromptTable(ids, texts, groups, DEMO_SOURCE)
+    return builtin_prompts(DEMO_SOURCE)
+
+
+def builtin_prompts(name: str) -> PromptTable:
+    """A prompt set shipped with saelab: `builtin:demo` (true/false statements, groups true and
+    false) or `builtin:styles` (the same 40 statements written formally and casually, groups
+    formal and casual: a two-group set where style features must separate the groups)."""
+    data = resources.files("saelab.data").joinpath(_BUILTIN[name]).read_bytes()
+    columns, rows = _parse_jsonl(_decode(data, name), name, None)
+    ids, texts, groups = _build_columns(name, columns, rows, "text", "id", "group")
+    return PromptTable(ids, texts, groups, name)

@@ -18,7 +18,7 @@ from saelab.budget.estimate import (
     estimate_extract,
 )
 from saelab.budget.planner import Budget, Limits, auto_batch_size, fit_shard_size
-from saelab.data import DEMO_SOURCE, PromptTable, demo_prompts, read_prompts
+from saelab.data import PromptTable, demo_prompts, read_prompts
 from saelab.errors import SaelabError
 from saelab.models.capture import POSITIONS
 from saelab.models.describe import ModelInfo, describe_model
@@ -181,7 +181,8 @@ def _choose(value: str, allowed: tuple[str, ...], flag: str) -> str:
 
 
 def default_run_dir(prompts: PromptTable, model_name: str) -> Path:
-    stem = "demo" if prompts.source == DEMO_SOURCE else Path(prompts.source).stem
+    src = prompts.source
+    stem = src.split(":", 1)[1] if src.startswith("builtin:") else Path(src).stem
     return Path("runs") / f"{stem}-{model_name.split('/')[-1]}"
 
 

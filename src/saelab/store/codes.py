@@ -14,7 +14,7 @@ are uint16 when d_sae fits (<= 65,536 features): a third of int64's bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ class HookCodes:
     """One hook's codes across shards: a scipy CSR matrix (rows x d_sae) and its prompts."""
 
     def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
         self.folder = folder
         self.meta = meta
@@ -125,29 +125,38 @@ class HookCodes:
         self.positions: str = meta["positions"]
         self.features: list[int] | None = meta.get("features")
         self.shards = sorted(int(p.name.split(".")[0]) for p in folder.glob("*.safetensors"))
-        self._parts = [load_file(str(folder / _shard_file(s))) for s in self.shards]
         offs, pidx, start = [np.zeros(1, np.int64)], [], 0
-        for part in self._parts:
-            offs.append(part["row_offsets"][1:] + start)
-            pidx.append(part["prompt_index"])
-            start += int(part["row_offsets"][-1])
+        for sh in self.shards:  # only the small index arrays; values are read per shard
+            with safe_open(str(folder / _shard_file(sh)), framework="numpy") as f:
+                ro, pi = f.get_tensor("row_offsets"), f.get_tensor("prompt_index")
+            offs.append(ro[1:] + start)
+            pidx.append(pi)
+            start += int(ro[-1])
         self.row_offsets: np.ndarray = np.concatenate(offs)
         self.prompt_index: np.ndarray = np.concatenate(pidx) if pidx else np.zeros(0, np.int64)
         self.n_rows = start
+
+    def iter_parts(self) -> Iterator[dict[str, np.ndarray]]:
+        """Each shard's arrays (indptr, indices, values, prompt_index, row_offsets) in turn:
+        streaming consumers never hold more than one shard."""
+        from safetensors.numpy import load_file
+
+        for sh in self.shards:
+            yield load_file(str(self.folder / _shard_file(sh)))
 
     def matrix(self) -> Any:
         """All rows as one `scipy.sparse.csr_matrix` (rows in prompt-shard order)."""
         import scipy.sparse as sp
 
-        if not self._parts:
-            return sp.csr_matrix((0, self.d_sae), dtype=np.float32)
         mats = [
             sp.csr_matrix(
                 (p["values"], p["indices"].astype(np.int32), p["indptr"]),
                 shape=(len(p["indptr"]) - 1, self.d_sae),
             )
-            for p in self._parts
+            for p in self.iter_parts()
         ]
+        if not mats:
+            return sp.csr_matrix((0, self.d_sae), dtype=np.float32)
         return sp.vstack(mats, format="csr")
 
     def prompt(self, i: int) -> Any:
