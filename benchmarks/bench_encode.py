@@ -80,9 +80,9 @@ def part1(a) -> dict:
         w = sae.W_enc.detach()
         fs = [f for f in feats if f < d_sae]
         fns = {
-            "matmul": lambda: x @ w,
-            "encode": lambda: encode_rows(sae, x),
-            "55 features": lambda: encode_rows(sae, x, fs),
+            "matmul": lambda x=x, w=w: x @ w,
+            "encode": lambda x=x, sae=sae: encode_rows(sae, x),
+            "55 features": lambda x=x, sae=sae, fs=fs: encode_rows(sae, x, fs),
         }
         times = {k: [] for k in fns}
         ratios, ratios_f = [], []

@@ -239,84 +239,6 @@ def train(
 
 
 @app.command()
-def encode(
-    saes: Annotated[
-        str,
-        typer.Option(
-            help="SAE folder or file, a folder of per-hook SAEs (e.g. RUN/saes), or"
-            " hf://ORG/NAME/PATH with {L} for the layer"
-        ),
-    ],
-    run: Annotated[str, typer.Option(help="run folder (its store is reused or made)")],
-    hooks: Annotated[
-        str | None, typer.Option(help="hooks to encode (needed with {L} or without a store)")
-    ] = None,
-    positions: Annotated[str, typer.Option(help="all | last | max | mean")] = "all",
-    features: Annotated[
-        str | None, typer.Option(help="keep only these feature ids, e.g. 645,1170,3-7")
-    ] = None,
-    prompts: Annotated[
-        str | None, typer.Option(help="prompts to capture when the run has no store yet")
-    ] = None,
-    model: Model = "default",
-    text_column: TextColumn = "text",
-    batch_size: Annotated[str, typer.Option(help="capture batch size or 'auto'")] = "auto",
-    max_memory: Annotated[str | None, typer.Option(help="RAM budget for the capture")] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="SAE weights dtype (default: as stored)")
-    ] = None,
-    max_disk: Annotated[
-        str | None, typer.Option(help="disk budget for downloaded SAE files, e.g. 20GB")
-    ] = None,
-    evict: Annotated[
-        bool | None,
-        typer.Option(help="delete each SAE's files once its hook is done (default: when tight)"),
-    ] = None,
-    strict: Annotated[bool, typer.Option(help="refuse an SAE made for another hook")] = False,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-    debug: Debug = False,
-) -> None:
-    """SAE codes of every prompt, layer-major, as sparse CSR in RUN/codes/."""
-    kw = {k_: v for k_, v in locals().items() if k_ != "debug"}
-    from saelab.pipeline.encode import EncodeOptions, run_encode
-
-    res = run_encode(EncodeOptions(**kw))
-    for hook, info in res.hooks.items():
-        l0 = info.get("mean_l0")
-        print(
-            f"{hook}: {info.get('rows', 0):,} rows, mean L0 {l0:.1f}" if l0 is not None else hook,
-            f"({info.get('format', '')}, {info.get('bytes', 0):,} bytes)",
-        )
-    f = res.fetch
-    if f["downloads"] or f["cache_hits"]:
-        print(
-            f"downloads: {f['downloads']} file(s), {f['bytes_downloaded']:,} bytes; peak cache"
-            f" {f['peak_cache_bytes']:,} bytes"
-        )
-    print(f"codes in {run}/codes; read them with saelab.store.open_codes({run!r})")
-
-
-@app.command()
-def export(
-    run: Annotated[str, typer.Argument(help="run folder with codes")],
-    features: Annotated[str | None, typer.Option(help="feature ids, e.g. 645,1170")] = None,
-    format: Annotated[str, typer.Option("--format", help="json | npz")] = "json",
-    hooks: Annotated[str | None, typer.Option(help="hooks (default: every encoded hook)")] = None,
-    out: Annotated[
-        str | None, typer.Option(help="output file (default: RUN/export.FORMAT)")
-    ] = None,
-    quiet: Quiet = False,
-    debug: Debug = False,
-) -> None:
-    """Per-prompt, per-token activations of chosen features as JSON or npz."""
-    from saelab.pipeline.export import run_export
-
-    path = run_export(run, features=features, fmt=format, hooks=hooks, out=out, quiet=quiet)
-    print(f"wrote {path}")
-
-
-@app.command()
 def show(
     run: Annotated[str, typer.Argument(help="run folder")],
     debug: Debug = False,
@@ -334,10 +256,13 @@ def demo(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """The main job on the default model: plan, then extract over the built-in prompts."""
+    """The main job on the default model: plan, extract, train, encode, contrast."""
     from saelab.pipeline.demo import run_demo
 
     run_demo(run=run, hooks=hooks, quiet=quiet)
+
+
+from saelab import cli_analysis  # noqa: E402,F401  (registers encode, export, contrast, query)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,9 @@ def show_run(path: str | Path) -> None:
     cfg = run.read_config()
     manifest = run.read_manifest()
     out.print(f"[bold]run[/bold] {run.path}")
-    for name, stage in manifest.get("stages", {}).items():
+    order = {n: i for i, n in enumerate(("plan", "extract", "train", "encode", "contrast"))}
+    stages = sorted(manifest.get("stages", {}).items(), key=lambda kv: order.get(kv[0], 99))
+    for name, stage in stages:
         c = cfg.get(name, {})
         units = stage.get("units", {})
         state = "complete" if stage.get("complete") else "incomplete (rerun to resume)"
@@ -33,6 +35,9 @@ def show_run(path: str | Path) -> None:
             continue
         if name == "encode":
             _encode_table(out, c, stage, units)
+            continue
+        if name == "contrast":
+            _contrast_line(out, run.path)
             continue
         if c:
             out.print(
@@ -99,6 +104,23 @@ def _encode_table(out: Console, cfg: dict, stage: dict, units: dict) -> None:
             f"  downloads {f['downloads']} ({format_bytes(f.get('bytes_downloaded'))}), peak"
             f" hub cache {format_bytes(f.get('peak_cache_bytes'))}"
         )
+
+
+def _contrast_line(out: Console, run: Path) -> None:
+    import json
+
+    p = run / "stats" / "contrast_summary.json"
+    if not p.is_file():
+        return
+    s = json.loads(p.read_text())
+    n = s.get("groups", {})
+    a, b = s.get("group_a"), s.get("group_b")
+    groups = f"{a} ({n.get(a)}) vs {b} ({n.get(b)})"
+    out.print(
+        f"  {groups}, {s.get('source')}, pool {s.get('pool')}: {s.get('tested', 0):,} tested,"
+        f" {s.get('significant', 0):,} significant at FDR {s.get('alpha')}"
+        f" (RUN/stats/contrast.parquet; saelab query)"
+    )
 
 
 def _num(v: float | None, digits: int = 3) -> str:
