@@ -76,9 +76,7 @@ def run_encode(o: EncodeOptions) -> EncodeResult:
     from saelab.hub import Fetcher
     from saelab.units import parse_size
 
-    fetcher = Fetcher(
-        max_disk=parse_size(o.max_disk, "--max-disk"), evict=o.evict, quiet=o.quiet
-    )
+    fetcher = Fetcher(max_disk=parse_size(o.max_disk, "--max-disk"), evict=o.evict, quiet=o.quiet)
     results: dict[str, dict[str, Any]] = {}
     for src in sources:
         results[src.hook or "?"] = _encode_hook(o, run, store, src, fetcher)
