@@ -177,10 +177,16 @@ class StreamSource:
         self._last: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
         ctx = windows.shape[1]
         self.rows_per_window = ctx - 1  # BOS dropped
-        self.windows_per_buffer = max(
+        target = max(
             1, min(windows_per_buffer, len(windows)), -(-batch_size // self.rows_per_window)
         )
-        n_buffers = len(windows) // self.windows_per_buffer
+        # equal buffers that cover (nearly) every window: 1,024 windows with a target of 516
+        # make two buffers of 512, not one of 516 and 508 windows never seen
+        n_buffers = max(1, round(len(windows) / target))
+        self.windows_per_buffer = max(len(windows) // n_buffers, 1)
+        if self.windows_per_buffer * self.rows_per_window < batch_size:
+            n_buffers = len(windows) // target
+            self.windows_per_buffer = target
         self.buffers_per_epoch = max(n_buffers, 1)
         self.batches_per_buffer = (self.windows_per_buffer * self.rows_per_window) // batch_size
         if self.batches_per_buffer == 0 or n_buffers == 0:
