@@ -125,3 +125,43 @@ def query(
     from saelab.pipeline.query import run_query
 
     run_query(run, sql, out=out, limit=limit)
+
+
+@app.command()
+def patch(
+    run: Annotated[str, typer.Argument(help="run folder (its prompts, SAEs and contrast)")],
+    edits: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="HOOK:F=V | HOOK:F*S | HOOK:F+=D | HOOK:F@A (repeatable; applied together)"
+        ),
+    ] = None,
+    sweep: Annotated[
+        str | None, typer.Option(help="top:N (strongest contrast features) or top:N/hook")
+    ] = None,
+    values: Annotated[str, typer.Option(help="sweep values: 0,x2,mean_A,mean_B,@A,+=D")] = "0",
+    saes: Annotated[str | None, typer.Option(help="SAEs (default: those encode used)")] = None,
+    prompts: Annotated[str | None, typer.Option(help="prompts (default: the run's)")] = None,
+    generate: Annotated[int, typer.Option(help="new tokens per prompt")] = 16,
+    at: Annotated[
+        str, typer.Option(help="last | prompt | generated | all | last+generated")
+    ] = "last+generated",
+    temperature: Annotated[float, typer.Option(help="0: greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling")] = 1.0,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    targets: Annotated[
+        str | None, typer.Option(help="tokens whose log-probs to compare, e.g. ' yes, no'")
+    ] = None,
+    outcome: Annotated[
+        list[str] | None, typer.Option(help="LABEL=REGEX labelling each generation (repeatable)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="rows per generation batch")] = 32,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Set, scale, ablate or steer SAE features during generation; measure what changes."""
+    kw = {k_: v for k_, v in locals().items() if k_ != "debug"}
+    from saelab.pipeline.patch import PatchOptions, run_patch
+
+    run_patch(PatchOptions(**kw))

@@ -2,7 +2,7 @@
 
 Each table is a view over its Parquet file, so DuckDB reads only the columns and row groups a
 query needs. Tables: `prompts` (prompt_index, id, text, group), `contrast` (when `contrast`
-ran), and whatever later stages add under RUN/stats/.
+ran), `patch_results` and `patch_summary` (when `patch` ran), and any other RUN/stats/*.parquet.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ def run_tables(run: Path) -> dict[str, Path]:
         tables["prompts"] = run / "prompts.parquet"
     for p in sorted((run / "stats").glob("*.parquet")):
         tables[p.stem] = p
+    for p in sorted((run / "patch").glob("*.parquet")):
+        tables[f"patch_{p.stem}"] = p
     return tables
 
 

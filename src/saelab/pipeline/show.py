@@ -23,7 +23,8 @@ def show_run(path: str | Path) -> None:
     cfg = run.read_config()
     manifest = run.read_manifest()
     out.print(f"[bold]run[/bold] {run.path}")
-    order = {n: i for i, n in enumerate(("plan", "extract", "train", "encode", "contrast"))}
+    names = ("plan", "extract", "train", "encode", "contrast", "patch")
+    order = {n: i for i, n in enumerate(names)}
     stages = sorted(manifest.get("stages", {}).items(), key=lambda kv: order.get(kv[0], 99))
     for name, stage in stages:
         c = cfg.get(name, {})
@@ -38,6 +39,13 @@ def show_run(path: str | Path) -> None:
             continue
         if name == "contrast":
             _contrast_line(out, run.path)
+            continue
+        if name == "patch":
+            out.print(
+                f"  {stage.get('edit_sets', 0)} edit set(s) x {stage.get('prompts', 0)} prompts:"
+                " RUN/patch/results.parquet, summary.parquet (saelab query: patch_results,"
+                " patch_summary)"
+            )
             continue
         if c:
             out.print(
