@@ -19,6 +19,7 @@ from saelab.pipeline.encode import EncodeOptions, run_encode
 from saelab.pipeline.extract import run_extract
 from saelab.pipeline.extract_job import ExtractOptions
 from saelab.store import open_codes
+from tests.cli_errors import cli, one_line
 from tests.test_encode import random_sae
 
 HOOKS = ["blocks.3.hook_resid_post", "blocks.7.hook_resid_post"]
@@ -116,15 +117,6 @@ def test_raw_activations_separate_the_styles_and_query_lists_them(styles_run, tm
     assert lines[0] == "id,group" and lines[1].startswith("formal-00")
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
-
-
 def test_bad_input_is_one_line(styles_run, tmp_path, capsys):
     run = fresh(styles_run, tmp_path)
     cases = [
@@ -138,10 +130,7 @@ def test_bad_input_is_one_line(styles_run, tmp_path, capsys):
     ]
     for extra, fragments in cases:
         code, err = cli(capsys, "contrast", str(run), "--quiet", *extra)
-        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-        assert code != 0 and len(lines) == 1 and lines[0].startswith("saelab: error: "), err
-        for f in fragments:
-            assert f in lines[0], (f, lines[0])
+        one_line(code, err, *fragments)
     assert not (run / "stats").exists()
     code, err = cli(capsys, "query", str(run), "SELECT nope FROM prompts")
     assert code != 0 and "query failed" in err and len(err.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from saelab.pipeline.extract_job import ExtractOptions
 from saelab.sae import SAE, SAEConfig
 from saelab.store import open_activations
 from saelab.store.codes import open_codes
+from tests.cli_errors import cli, one_line
 
 HOOKS = "resid_post.2,resid_post.4"
 NAMES = ["blocks.2.hook_resid_post", "blocks.4.hook_resid_post"]
@@ -165,15 +166,6 @@ def test_show_lists_the_codes(store_run, saes, tmp_path, capsys):
     assert NAMES[0] in out and "saelens" in out
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
-
-
 def test_bad_input_is_one_line_and_writes_no_codes(store_run, saes, tmp_path, capsys):
     run = copy_run(store_run, tmp_path / "run")
     wide = tmp_path / "wide"
@@ -197,10 +189,7 @@ def test_bad_input_is_one_line_and_writes_no_codes(store_run, saes, tmp_path, ca
     ]
     for extra, fragments in cases:
         code, err = cli(capsys, "encode", "--run", str(run), "--quiet", *extra)
-        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-        assert code != 0 and len(lines) == 1 and lines[0].startswith("saelab: error: "), err
-        for f in fragments:
-            assert f in lines[0], (f, lines[0])
+        one_line(code, err, *fragments)
         assert not any((run / "codes").rglob("*.safetensors")), extra
     # an SAE made for another hook is used with a warning when not --strict
     res = run_encode(EncodeOptions(saes=str(other), run=str(run), hooks="resid_post.2",

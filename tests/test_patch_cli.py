@@ -9,9 +9,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from saelab.cli import main
 from saelab.pipeline.contrast import ContrastOptions, run_contrast
 from saelab.pipeline.patch import PatchOptions, run_patch
+from tests.cli_errors import cli, one_line
 from tests.test_contrast import styles_run  # noqa: F401
 
 
@@ -53,15 +53,6 @@ def test_sweep_results_summary_and_resume(patch_run):
     assert [r["text"] for r in again["results"]] == [r["text"] for r in out["results"]]
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
-
-
 def test_bad_input_is_one_line(styles_run, tmp_path, capsys):  # noqa: F811
     run = tmp_path / "run"
     shutil.copytree(styles_run[0], run)
@@ -78,8 +69,5 @@ def test_bad_input_is_one_line(styles_run, tmp_path, capsys):  # noqa: F811
     ]
     for extra, fragments in cases:
         code, err = cli(capsys, "patch", str(run), "--saes", saes, "--quiet", *extra)
-        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-        assert code != 0 and len(lines) == 1 and lines[0].startswith("saelab: error: "), err
-        for f in fragments:
-            assert f.lower() in lines[0].lower(), (f, lines[0])
+        one_line(code, err, *fragments, lower=True)
     assert not (run / "patch").exists()

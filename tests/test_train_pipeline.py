@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.cli import main
 from saelab.errors import SaelabError
 from saelab.pipeline.extract import run_extract
 from saelab.pipeline.extract_job import ExtractOptions
@@ -25,6 +24,7 @@ from saelab.run import RunFolder, tree_digests
 from saelab.sae import SAE
 from saelab.store import open_activations
 from saelab.store.activations import ActivationWriter
+from tests.cli_errors import cli, one_line
 
 HOOKS = "resid_post.3,resid_post.5"
 SMALL = dict(d_sae=256, k=8, batch_size=128, lr=2e-3, quiet=True)
@@ -165,20 +165,6 @@ def test_stream_trains_every_hook_from_one_pass(tmp_path):
 
 
 # -- bad input -------------------------------------------------------------------------------
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
-
-
-def one_line(code: int, err: str, *fragments: str) -> None:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("saelab: error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def test_bad_training_input_gets_one_line_and_leaves_the_run_as_it_was(store_run, tmp_path, capsys):
