@@ -107,6 +107,11 @@ def test_raw_activations_separate_the_styles_and_query_lists_them(styles_run, tm
     s = run_contrast(ContrastOptions(run=str(run), groups="formal,casual", pool="mean",
                                      source="activations", quiet=True))  # fmt: skip
     assert s["significant"] > 0 and s["hooks"][HOOKS[0]]["features"] == 576
+    # the SAE result lands beside the raw-activation baseline, not over it
+    run_contrast(ContrastOptions(run=str(run), groups="formal,casual", quiet=True))
+    both = pq.read_table(run / "stats" / "contrast.parquet").to_pandas()
+    assert both.groupby("source").size().to_dict() == {"activations": 2 * 576, "codes": 2 * 512}
+    assert (run / "stats" / "contrast_summary_activations.json").is_file()
     capsys.readouterr()
     main(["query", str(run), "SELECT hook, feature, q FROM contrast WHERE significant ORDER BY q"])
     out = capsys.readouterr().out

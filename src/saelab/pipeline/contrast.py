@@ -7,8 +7,10 @@ every tested (hook, feature) of the run (and again within each hook); untested f
 constant, or firing in fewer than --min-active prompts, a label-free filter that keeps BH
 valid) are counted, kept in the table with NaN statistics, and never enter the correction.
 
-Outputs: RUN/stats/contrast.parquet (one row per source x hook x feature), RUN/stats/
-contrast_summary.json (per hook: counts and the top features), and a printed table.
+Outputs: RUN/stats/contrast.parquet (one row per source x hook x feature: a `--source
+activations` run replaces only its own rows, so both sit side by side),
+RUN/stats/contrast_summary.json (per hook: counts and the top features;
+contrast_summary_activations.json for raw activations), and a printed table.
 """
 
 from __future__ import annotations
@@ -233,16 +235,29 @@ def _py(v: Any) -> Any:
 
 def _write(run: RunFolder, table: dict[str, Any], summary: dict[str, Any]) -> None:
     import pyarrow as pa
+    import pyarrow.compute  # noqa: F401  (pa.compute)
     import pyarrow.parquet as pq
 
     arrays = {}
     for k, v in table.items():
         arrays[k] = pa.array(v.tolist() if v.dtype == object else v)
-    buf = io.BytesIO()
-    pq.write_table(pa.table(arrays), buf, compression="zstd")
+    new = pa.table(arrays)
     folder = run.path / STATS_DIR
+    source = summary["source"]
+    if (folder / TABLE).is_file():  # the other source's rows stay beside this one's
+        old = pq.read_table(folder / TABLE)
+        if old.schema.names == new.schema.names:
+            keep = old.filter(pa.compute.not_equal(old["source"], source))
+            new = pa.concat_tables([keep, new.cast(old.schema)])
+    buf = io.BytesIO()
+    pq.write_table(new, buf, compression="zstd")
     atomic_write_bytes(folder / TABLE, buf.getvalue())
-    atomic_write_json(folder / SUMMARY, summary)
+    atomic_write_json(folder / summary_name(source), summary)
+
+
+def summary_name(source: str) -> str:
+    """contrast_summary.json for SAE codes, contrast_summary_activations.json beside it."""
+    return SUMMARY if source == "codes" else f"contrast_summary_{source}.json"
 
 
 def _print(o: ContrastOptions, labels: Any, table: dict[str, Any], summary: dict[str, Any]) -> None:

@@ -117,18 +117,15 @@ def _encode_table(out: Console, cfg: dict, stage: dict, units: dict) -> None:
 def _contrast_line(out: Console, run: Path) -> None:
     import json
 
-    p = run / "stats" / "contrast_summary.json"
-    if not p.is_file():
-        return
-    s = json.loads(p.read_text())
-    n = s.get("groups", {})
-    a, b = s.get("group_a"), s.get("group_b")
-    groups = f"{a} ({n.get(a)}) vs {b} ({n.get(b)})"
-    out.print(
-        f"  {groups}, {s.get('source')}, pool {s.get('pool')}: {s.get('tested', 0):,} tested,"
-        f" {s.get('significant', 0):,} significant at FDR {s.get('alpha')}"
-        f" (RUN/stats/contrast.parquet; saelab query)"
-    )
+    for p in sorted((run / "stats").glob("contrast_summary*.json")):
+        s = json.loads(p.read_text())
+        n = s.get("groups", {})
+        a, b = s.get("group_a"), s.get("group_b")
+        out.print(
+            f"  {a} ({n.get(a)}) vs {b} ({n.get(b)}), {s.get('source')}, pool {s.get('pool')}:"
+            f" {s.get('tested', 0):,} tested, {s.get('significant', 0):,} significant at FDR"
+            f" {s.get('alpha')} (RUN/stats/contrast.parquet; saelab query)"
+        )
 
 
 def _num(v: float | None, digits: int = 3) -> str:
