@@ -274,6 +274,25 @@ def test_batched_rows_match_single_rows(smol, saes):
         )
 
 
+def test_a_sweep_sharing_each_prompts_cache_equals_running_rows_apart(smol, saes):
+    """Rows repeat prompts (a sweep): each prompt's tokens before the last run once and their
+    KV cache is shared; results must equal the unshared batch and each row alone."""
+    edits = [[parse_edit("resid_post.15:3@60")], [], [parse_edit("resid_post.10:9*0")]]
+    prompts = [PROMPTS[0], PROMPTS[2]]
+    rows = [e for e in edits for _ in prompts]
+    texts = [p for _ in edits for p in prompts]
+    shared = generate_patched(smol, texts, rows, saes, max_new_tokens=N_NEW)
+    apart = generate_patched(smol, texts, rows, saes, max_new_tokens=N_NEW, share_prefix=False)
+    assert shared.token_ids == apart.token_ids
+    torch.testing.assert_close(shared.first_logprobs, apart.first_logprobs, atol=1e-4, rtol=0)
+    for i in (0, 3):
+        one = generate_patched(smol, [texts[i]], [rows[i]], saes, max_new_tokens=N_NEW)
+        assert shared.token_ids[i] == one.token_ids[0]
+        torch.testing.assert_close(
+            shared.first_logprobs[i], one.first_logprobs[0], atol=1e-4, rtol=0
+        )
+
+
 def test_steering_moves_the_output(smol, saes):
     base = generate_patched(smol, PROMPTS[:1], [[]], saes, max_new_tokens=N_NEW)
     res = generate_patched(

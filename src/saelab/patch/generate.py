@@ -66,11 +66,14 @@ def generate_patched(
     top_p: float = 1.0,
     seed: int = 0,
     chat: bool = False,
+    share_prefix: bool = True,
 ) -> PatchedGeneration:
     """Generate for every row at once; row i uses prompts[i] and row_edits[i] (empty: baseline).
 
     Texts are tokenized with saelab's BOS rule (and the chat template with `chat`); token id
-    lists are used as they are."""
+    lists are used as they are. With `share_prefix`, when edits start at the last prompt token
+    and rows repeat prompts (a sweep), each distinct prompt's other tokens are run once and
+    their KV cache is shared by its rows."""
     ids = _token_lists(lm, prompts, chat)
     if len(ids) != len(row_edits):
         raise SaelabError(
@@ -90,6 +93,9 @@ def generate_patched(
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    cache = _shared_prefix(lm, ids, batch, row_edits, at) if share_prefix else None
+    if cache is not None:
+        kwargs["past_key_values"] = cache
     devices = [lm.device] if torch.device(lm.device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), patched(lm, saes, row_edits, batch.lengths, at):
         torch.manual_seed(seed)
@@ -114,3 +120,30 @@ def generate_patched(
         token_logprobs=token_lp,
         finish=finish,
     )
+
+
+def _shared_prefix(
+    lm: Any, ids: list[list[int]], batch: Any, row_edits: Sequence[Sequence[Edit]], at: str
+) -> Any:
+    """The KV cache of every row's prompt but its last token, computed once per distinct
+    prompt and repeated for the rows that share it; None when nothing would be saved."""
+    width = batch.input_ids.shape[1]
+    if at not in ("last", "generated", "last+generated") or width < 2:
+        return None
+    if not any(row_edits):
+        return None
+    keys = [tuple(p) for p in ids]
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    if len(first) * 2 > len(keys):  # too few repeats to pay for the extra pass
+        return None
+    uniq = sorted(first.values())
+    pos = {keys[i]: j for j, i in enumerate(uniq)}
+    idx = torch.tensor([pos[k] for k in keys], device=batch.input_ids.device)
+    sel = torch.tensor(uniq, device=batch.input_ids.device)
+    inp = batch.input_ids.index_select(0, sel)[:, : width - 1]
+    mask = batch.attention_mask.index_select(0, sel)[:, : width - 1]
+    position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    out = lm.model(input_ids=inp, attention_mask=mask, position_ids=position, use_cache=True)
+    cache = out.past_key_values
+    cache.reorder_cache(idx)
+    return cache
