@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from saelab.errors import SaelabError
-from saelab.run import atomic_write_json, remove_debris
 from saelab.store.codecs import (
     check_dtype,
     check_keep_bits,
@@ -35,7 +34,14 @@ from saelab.store.codecs import (
     encode_rows,
     filters,
 )
-from saelab.store.shards import ArraySpec, index_spec, rows_per_chunk, write_shard_group
+from saelab.store.shards import (
+    ArraySpec,
+    index_spec,
+    init_shard_root,
+    normalise_meta,
+    rows_per_chunk,
+    write_shard_group,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -56,30 +62,6 @@ def _shard_name(shard: int) -> str:
 
 def _rows_per_chunk(d: int, itemsize: int, n_rows: int) -> int:
     return rows_per_chunk(d * itemsize, n_rows, _CHUNK_BYTES)
-
-
-def _group_json(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {"attributes": attributes, "node_type": "group", "zarr_format": 3}
-
-
-def _normalise(obj: Any) -> Any:
-    """What the metadata looks like after a JSON round trip, so old and new compare equal."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _meta_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if key == "attrs" and isinstance(a, dict) and isinstance(b, dict):
-            diffs += [
-                f"attrs.{k}={a.get(k)!r} (now {b.get(k)!r})"
-                for k in sorted(set(a) | set(b))
-                if a.get(k) != b.get(k)
-            ]
-        elif a != b:
-            diffs.append(f"{key}={a!r} (now {b!r})")
-    return ", ".join(diffs[:3]) + (", ..." if len(diffs) > 3 else "")
 
 
 def read_root_meta(root: Path) -> dict[str, Any] | None:
@@ -130,7 +112,7 @@ class ActivationWriter:
             if h not in d_model or int(d_model[h]) < 1:
                 raise ValueError(f"d_model has no positive width for hook {h!r}")
         self.d_model = {h: int(d_model[h]) for h in self.hooks}
-        meta = _normalise(
+        meta = normalise_meta(
             {
                 "format": FORMAT,
                 "version": VERSION,
@@ -144,21 +126,7 @@ class ActivationWriter:
                 "attrs": dict(attrs or {}),
             }
         )
-        old = read_root_meta(self.root)
-        if old is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.root / "zarr.json", _group_json({"saelab": meta}))
-        elif old != meta:
-            raise SaelabError(
-                f"activation store {self.root} was written with {_meta_diff(old, meta)}; "
-                "use another run folder"
-            )
-        shards = self.root / "shards"
-        if not (shards / "zarr.json").is_file():
-            shards.mkdir(exist_ok=True)
-            atomic_write_json(shards / "zarr.json", _group_json({}))
-        remove_debris(self.root)
-        remove_debris(shards)
+        init_shard_root(self.root, meta, read_root_meta(self.root), "activation store")
 
     def has_shard(self, shard: int) -> bool:
         return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()

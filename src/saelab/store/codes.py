@@ -135,6 +135,7 @@ class HookCodes:
         self.row_offsets: np.ndarray = np.concatenate(offs)
         self.prompt_index: np.ndarray = np.concatenate(pidx) if pidx else np.zeros(0, np.int64)
         self.n_rows = start
+        self._matrix: Any = None
 
     def iter_parts(self) -> Iterator[dict[str, np.ndarray]]:
         """Each shard's arrays (indptr, indices, values, prompt_index, row_offsets) in turn:
@@ -160,8 +161,11 @@ class HookCodes:
         return sp.vstack(mats, format="csr")
 
     def prompt(self, i: int) -> Any:
-        """Rows of the i-th stored prompt (one row unless positions are all)."""
-        return self.matrix()[int(self.row_offsets[i]) : int(self.row_offsets[i + 1])]
+        """Rows of the i-th stored prompt (one row unless positions are all); the matrix is
+        built once, not per call."""
+        if self._matrix is None:
+            self._matrix = self.matrix()
+        return self._matrix[int(self.row_offsets[i]) : int(self.row_offsets[i + 1])]
 
     def __repr__(self) -> str:
         return (

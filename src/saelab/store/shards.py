@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from saelab.run import atomic_dir, file_digest
+from saelab.errors import SaelabError
+from saelab.run import atomic_dir, atomic_write_json, file_digest, remove_debris
 from saelab.store.chunks import KEY_ENCODING, ChunkEncoder, write_chunks
 from saelab.store.codecs import ZSTD_LEVEL, compressors, quiet_numcodecs
 
@@ -136,3 +137,50 @@ _TEMPLATES: dict[tuple[str, int, str], dict[str, Any]] = {}
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# -- the root of a sharded store (activations, traces) --------------------------------------
+def group_json(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {"attributes": attributes, "node_type": "group", "zarr_format": 3}
+
+
+def normalise_meta(obj: Any) -> Any:
+    """What the metadata looks like after a JSON round trip, so old and new compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def meta_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first few keys (attrs expanded) that differ, for a one-line refusal."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key == "attrs" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [
+                f"attrs.{k}={a.get(k)!r} (now {b.get(k)!r})"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            diffs.append(f"{key}={a!r} (now {b!r})")
+    return ", ".join(diffs[:3]) + (", ..." if len(diffs) > 3 else "")
+
+
+def init_shard_root(
+    root: Path, meta: dict[str, Any], old: dict[str, Any] | None, what: str
+) -> None:
+    """Create a store's root group (or check it holds the same metadata) and its empty
+    `shards` group, then clear what a killed writer left: the start every sharded writer
+    shares. A different configuration is refused naming the keys that differ."""
+    if old is None:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(root / "zarr.json", group_json({"saelab": meta}))
+    elif old != meta:
+        raise SaelabError(
+            f"{what} {root} was written with {meta_diff(old, meta)}; use another run folder"
+        )
+    shards = root / "shards"
+    if not (shards / "zarr.json").is_file():
+        shards.mkdir(exist_ok=True)
+        atomic_write_json(shards / "zarr.json", group_json({}))
+    remove_debris(root)
+    remove_debris(shards)

@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from saelab.errors import SaelabError
-from saelab.run import atomic_write_json, remove_debris
 from saelab.store.codecs import (
     DTYPES,
     StoreDType,
@@ -52,7 +51,14 @@ from saelab.store.codecs import (
     encode_rows,
     filters,
 )
-from saelab.store.shards import ArraySpec, index_spec, rows_per_chunk, write_shard_group
+from saelab.store.shards import (
+    ArraySpec,
+    index_spec,
+    init_shard_root,
+    normalise_meta,
+    rows_per_chunk,
+    write_shard_group,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -102,15 +108,6 @@ def tril_mask(t: int) -> np.ndarray:
     mask = np.tri(t, dtype=bool).reshape(-1)
     mask.flags.writeable = False
     return mask
-
-
-def _group_json(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {"attributes": attributes, "node_type": "group", "zarr_format": 3}
-
-
-def _normalise(obj: Any) -> Any:
-    """What the metadata looks like after a JSON round trip, so old and new compare equal."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _shard_name(shard: int) -> str:
@@ -204,7 +201,7 @@ class TraceWriter:
                 raise SaelabError(
                     f"--heads {self.heads}: give distinct heads numbered 0-{self.n_heads - 1}"
                 )
-        meta = _normalise(
+        meta = normalise_meta(
             {
                 "format": FORMAT,
                 "version": VERSION,
@@ -223,23 +220,7 @@ class TraceWriter:
                 "attrs": dict(attrs or {}),
             }
         )
-        old = read_trace_meta(self.root)
-        if old is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.root / "zarr.json", _group_json({"saelab": meta}))
-        elif old != meta:
-            keys = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-            diffs = [f"{k}={old.get(k)!r} (now {meta.get(k)!r})" for k in keys]
-            raise SaelabError(
-                f"trace store {self.root} was written with {', '.join(diffs[:3])}; "
-                "use another run folder"
-            )
-        shards = self.root / "shards"
-        if not (shards / "zarr.json").is_file():
-            shards.mkdir(exist_ok=True)
-            atomic_write_json(shards / "zarr.json", _group_json({}))
-        remove_debris(self.root)
-        remove_debris(shards)
+        init_shard_root(self.root, meta, read_trace_meta(self.root), "trace store")
 
     def has_shard(self, shard: int) -> bool:
         return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()
