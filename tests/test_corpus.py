@@ -163,12 +163,12 @@ def test_folder_without_supported_files(tmp_path: Path) -> None:
 
 def test_missing_column_lists_columns_and_suggests_the_flag(tmp_path: Path) -> None:
     j = jsonl(tmp_path / "c.jsonl", {"text": "ok"}, {"body": "x", "n": 1})
-    with fails("c.jsonl line 2", "'text'", "'body', 'n'", "--text-column"):
+    with fails("c.jsonl line 2", "'text'", "'body', 'n'", "`text_column`"):
         list(iter_texts(j))
     p = parquet(tmp_path / "c.parquet", body=["x"], n=[1])
-    with fails("c.parquet", "'text'", "'body', 'n'", "--text-column"):
+    with fails("c.parquet", "'text'", "'body', 'n'", "`text_column`"):
         list(iter_texts(p))
-    with fails("c.parquet", "'n'", "int64", "--text-column"):
+    with fails("c.parquet", "'n'", "int64", "`text_column`"):
         list(iter_texts(p, text_column="n"))
 
 
@@ -277,9 +277,9 @@ def test_zero_windows_error_names_corpus_and_sizes(tok: Any, tmp_path: Path) -> 
         pack_windows(["hello world"], tok, context=128, source="tiny.txt")
     with fails("gives 0 tokens from 0 documents"):
         pack_windows(["", "   "], tok)
-    with fails("max_tokens 5", "--max-tokens"):
+    with fails("max_tokens 5", "`max_tokens`"):
         pack_windows(["word " * 100], tok, context=16, max_tokens=5)
-    with fails("--context 2"):
+    with fails("`context` 2"):
         pack_windows(["x"], tok, context=1)
     with fails("'eos' or 'none'"):
         pack_windows(["x"], tok, separator="newline")

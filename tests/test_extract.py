@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from saelab.atomic import tree_digests
 from saelab.errors import BudgetError, SaelabError
 from saelab.models import HookPoint, tokenize_prompts
 from saelab.models.capture import capture_prompts
 from saelab.pipeline.extract import run_extract
 from saelab.pipeline.extract_job import ExtractOptions
-from saelab.run import RunFolder, tree_digests
+from saelab.run import RunFolder
 from saelab.store import open_activations
 
 HOOKS = "resid_post.2,mlp_out.6,resid_post.11"

@@ -252,7 +252,7 @@ def test_max_disk_below_file_size_is_refused_before_download(hub: HubServer) -> 
     with pytest.raises(BudgetError) as err:
         f.fetch(REPO, "W_dec_0.safetensors")
     msg = str(err.value)
-    for part in ("W_dec_0.safetensors", "1.91 MiB", "--max-disk 977 KiB", "--evict"):
+    for part in ("W_dec_0.safetensors", "1.91 MiB", "`max_disk` 977 KiB", "`evict`"):
         assert part in msg
     assert err.value.exit_code == 3
     assert hub.body_gets(REPO, "W_dec_0.safetensors") == 0  # the HEAD only

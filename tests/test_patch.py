@@ -315,7 +315,7 @@ def test_sampling_is_seeded(smol, saes):
 def test_generation_errors(smol, saes):
     with pytest.raises(SaelabError, match="2 prompts but 1 edit rows"):
         generate_patched(smol, PROMPTS[:2], [[]], saes)
-    with pytest.raises(SaelabError, match="--at"):
+    with pytest.raises(SaelabError, match="`at`"):
         generate_patched(smol, PROMPTS[:1], [[parse_edit("resid_post.15:1=0")]], saes, at="middle")
     with pytest.raises(SaelabError, match="no SAE at"):
         generate_patched(smol, PROMPTS[:1], [[parse_edit("resid_post.2:1=0")]], saes)

@@ -134,7 +134,7 @@ def test_limit_keeps_first_prompts_and_ignores_the_rest(tmp_path: Path) -> None:
 @pytest.mark.parametrize("limit", [0, -1])
 def test_limit_below_one_is_refused(tmp_path: Path, limit: int) -> None:
     p = write(tmp_path / "p.txt", "a\n")
-    with fails("limit", str(limit), "--limit"):
+    with fails("limit", str(limit), "`limit`"):
         read_prompts(p, limit=limit)
 
 
@@ -213,7 +213,7 @@ def test_missing_text_column_lists_columns(tmp_path: Path, name: str) -> None:
         write(p, "prompt,label\na,x\n")
     else:
         pq.write_table(pa.table({"prompt": ["a"], "label": ["x"]}), p)
-    with fails(name, "'text'", "'prompt', 'label'", "--text-column"):
+    with fails(name, "'text'", "'prompt', 'label'", "`text_column`"):
         read_prompts(p)
 
 
@@ -248,7 +248,7 @@ def test_null_text_in_parquet_names_row(tmp_path: Path) -> None:
 
 def test_non_string_text_column_in_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "p.parquet")
-    with fails("p.parquet", "int64", "--text-column"):
+    with fails("p.parquet", "int64", "`text_column`"):
         read_prompts(tmp_path / "p.parquet")
 
 
@@ -278,9 +278,9 @@ def test_missing_id_value(tmp_path: Path) -> None:
 def test_default_group_column_may_be_absent_but_explicit_must_exist(tmp_path: Path) -> None:
     p = jsonl(tmp_path / "p.jsonl", {"text": "a", "label": "x"})
     assert read_prompts(p).groups is None
-    with fails("p.jsonl", "'outcome'", "'text', 'label'", "--group-column"):
+    with fails("p.jsonl", "'outcome'", "'text', 'label'", "`group_column`"):
         read_prompts(p, group_column="outcome")
-    with fails("p.jsonl", "'key'", "--id-column"):
+    with fails("p.jsonl", "'key'", "`id_column`"):
         read_prompts(p, id_column="key")
 
 

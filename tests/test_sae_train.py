@@ -123,7 +123,7 @@ def test_divergence_is_reported_not_hidden():
 
 
 def test_bad_settings():
-    with pytest.raises(SaelabError, match="--k 200 must be between 1 and d_sae"):
+    with pytest.raises(SaelabError, match="`k` 200 must be between 1 and d_sae"):
         SAETrainer(TrainConfig(d_sae=128, k=200), 32, data(64))
     with pytest.raises(SaelabError, match="--lr"):
         SAETrainer(TrainConfig(d_sae=128, k=8, lr=-1), 32, data(64))

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from saelab.atomic import tree_digests
 from saelab.models import HookPoint, load_model, parse_hooks, tokenize_prompts
 from saelab.models.capture import HookCapture, make_batch
-from saelab.run import tree_digests
 from saelab.store import open_activations
 from tests.conftest import hidden_states, rel_err
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from saelab.atomic import tree_digests
 from saelab.errors import SaelabError
-from saelab.run import tree_digests
 from saelab.store import STORE_DIR, ActivationWriter, open_activations
 from saelab.store import activations as act_mod
 from saelab.store.codecs import DTYPES, round_bf16_bits
@@ -147,7 +147,7 @@ def test_bf16_bit_rounding_keeps_specials_and_rounds_to_even() -> None:
 def test_float16_overflow_is_refused(tmp_path: Path) -> None:
     w = ActivationWriter(tmp_path, hooks=["h"], d_model={"h": 2}, positions="last")
     acts = {"h": torch.tensor([[1.0, 7e4]])}
-    with pytest.raises(SaelabError, match="beyond float16's range.*--store-dtype bfloat16"):
+    with pytest.raises(SaelabError, match="beyond float16's range.*`store_dtype` bfloat16"):
         w.write_shard(0, prompt_index=np.array([0]), token_ids=[np.array([1, 2])], acts=acts)
     assert not w.has_shard(0) and not list((tmp_path / "shards").glob(".tmp-*"))
 
@@ -206,20 +206,18 @@ def test_different_static_metadata_is_refused(tmp_path: Path) -> None:
 
 
 def test_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(SaelabError, match="--keep-bits 11 .*float16; use 1..10"):
+    with pytest.raises(SaelabError, match="`keep_bits` 11 .*float16; use 1..10"):
         ActivationWriter(tmp_path, hooks=HOOKS, d_model=D, keep_bits=11)
-    with pytest.raises(SaelabError, match="--keep-bits 0 .*float32; use 1..23"):
+    with pytest.raises(SaelabError, match="`keep_bits` 0 .*float32; use 1..23"):
         ActivationWriter(tmp_path, hooks=HOOKS, d_model=D, dtype="float32", keep_bits=0)
-    with pytest.raises(SaelabError, match="--keep-bits 8 .*bfloat16; use 1..7"):
+    with pytest.raises(SaelabError, match="`keep_bits` 8 .*bfloat16; use 1..7"):
         ActivationWriter(tmp_path, hooks=HOOKS, d_model=D, dtype="bfloat16", keep_bits=8)
-    with pytest.raises(SaelabError, match="--dtype 'int8'"):
+    with pytest.raises(SaelabError, match="`store_dtype` 'int8'"):
         ActivationWriter(tmp_path, hooks=HOOKS, d_model=D, dtype="int8")
     missing = tmp_path / "nope"
-    with pytest.raises(
-        SaelabError, match=re.escape(f"no activation store at {missing}") + ".*extract --run"
-    ):
+    with pytest.raises(SaelabError, match=re.escape(f"no activation store at {missing}")):
         open_activations(missing)
-    with pytest.raises(SaelabError, match=re.escape(f"extract --run {missing}` first")):
+    with pytest.raises(SaelabError, match=re.escape(f"no activation store at {missing}")):
         open_activations(missing / STORE_DIR)
     write_all(tmp_path / STORE_DIR, make_shards("mean")[:1], positions="mean")
     store = open_activations(tmp_path / STORE_DIR)

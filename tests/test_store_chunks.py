@@ -7,7 +7,7 @@ import pytest
 import zarr
 from numcodecs import BitRound
 
-from saelab.run import tree_digests
+from saelab.atomic import tree_digests
 from saelab.store.chunks import ChunkEncoder, write_chunks
 from saelab.store.codecs import DTYPES as STORE_DTYPES
 from saelab.store.codecs import ZSTD_LEVEL, compressors, filters, quiet_numcodecs

@@ -7,12 +7,13 @@ import shutil
 import pytest
 import torch
 
+from saelab.atomic import tree_digests
 from saelab.errors import SaelabError
 from saelab.models import HookPoint, tokenize_prompts
 from saelab.models.capture import HookCapture, make_batch
 from saelab.pipeline.extract import run_extract
 from saelab.pipeline.extract_job import ExtractOptions
-from saelab.run import RunFolder, tree_digests
+from saelab.run import RunFolder
 from tests.conftest import rel_err
 
 TEXTS = [

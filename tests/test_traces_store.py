@@ -11,8 +11,8 @@ import torch
 import zarr
 from numcodecs import BitRound
 
+from saelab.atomic import tree_digests
 from saelab.errors import SaelabError
-from saelab.run import tree_digests
 from saelab.store import TRACES_DIR, Trace, TraceDataset, TraceWriter, open_traces
 from saelab.store import traces as traces_mod
 from saelab.store.chunks import ChunkReader
@@ -202,9 +202,9 @@ def test_writer_refuses_bad_input(tmp_path: Path) -> None:
         )
     assert not (tmp_path / "shards" / "00000").exists()
     assert [p.name for p in (tmp_path / "shards").iterdir()] == ["zarr.json"]  # no debris
-    with pytest.raises(SaelabError, match="--heads"):
+    with pytest.raises(SaelabError, match="`heads`"):
         writer(tmp_path / "x", attention_layers=[0], heads=[N_HEADS])
-    with pytest.raises(SaelabError, match="--positions"):
+    with pytest.raises(SaelabError, match="`positions`"):
         writer(tmp_path / "y", positions="last")
 
 
@@ -307,13 +307,13 @@ def test_errors_name_the_input_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(SaelabError) as e:
         open_traces(tmp_path / "run")
     msg = one_line(e)
-    assert str(tmp_path / "run") in msg and "saelab extract --generate N --run" in msg
+    assert str(tmp_path / "run") in msg and "no generation traces" in msg
     write_all(tmp_path / "plain" / TRACES_DIR, make_traces())
     with pytest.raises(SaelabError) as e:
         TraceDataset(tmp_path / "plain", attentions="all")
     assert one_line(e) == (
-        f"run {tmp_path / 'plain'} was recorded without attentions; re-run "
-        "`saelab extract --generate N --attentions LAYERS`"
+        f"trace store {tmp_path / 'plain' / TRACES_DIR} was recorded without attentions;"
+        " record them by naming `attentions` layers"
     )
     with pytest.raises(SaelabError, match="recorded without attentions"):
         open_traces(tmp_path / "plain").attention(0, 0)

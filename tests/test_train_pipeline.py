@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from saelab.atomic import tree_digests
 from saelab.errors import SaelabError
 from saelab.pipeline.extract import run_extract
 from saelab.pipeline.extract_job import ExtractOptions
 from saelab.pipeline.train import TrainOptions, run_train
-from saelab.run import RunFolder, tree_digests
+from saelab.run import RunFolder
 from saelab.sae import SAE
 from saelab.store import open_activations
 from saelab.store.activations import ActivationWriter

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from saelab.errors import SaelabError
+from saelab.pipeline.flags import as_flags
 
 if TYPE_CHECKING:
-    from saelab.pipeline.extract_job import ExtractOptions
+    from saelab.pipeline.extract_job import ExtractConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -87,12 +88,11 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")
 Debug = Annotated[bool, typer.Option(help="show tracebacks")]
 
 
-def _options(**kw: Any) -> ExtractOptions:
-    from saelab.pipeline.extract_job import ExtractOptions
+def _options(**kw: Any) -> ExtractConfig:
+    from saelab.pipeline.extract_job import ExtractConfig
 
-    kw["prepend_bos"] = kw.pop("bos")
     kw.pop("debug", None)
-    return ExtractOptions(**kw)
+    return ExtractConfig(**kw)
 
 
 @app.command()
@@ -265,6 +265,15 @@ def demo(
 from saelab import cli_analysis  # noqa: E402,F401  (registers encode, export, contrast, query)
 
 
+def _options_of_command(args: list[str]) -> list[str]:
+    """The option names of the subcommand in `args`, to write lower layers' field names as
+    the flags the user typed."""
+    group = typer.main.get_command(app)
+    name = next((a for a in args if not a.startswith("-")), "")
+    cmd = getattr(group, "commands", {}).get(name)
+    return [p.name for p in getattr(cmd, "params", []) if p.name]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: SaelabError -> one line on stderr and a non-zero exit (unless --debug)."""
     args = sys.argv[1:] if argv is None else argv
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     except SaelabError as e:
         if debug:
             raise
-        print(f"saelab: error: {e}", file=sys.stderr)
+        print(f"saelab: error: {as_flags(str(e), _options_of_command(args))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("saelab: interrupted; run the same command again to resume", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The run folder: resolved configuration, manifest, atomic writes and resume bookkeeping.
+"""The run folder: resolved configuration (run.toml), manifest and resume bookkeeping.
 
 Every unit of work is written under a temporary name in the same folder and renamed into place
 when complete; only then is it recorded in the manifest. The manifest is therefore the truth
@@ -9,112 +9,20 @@ same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from saelab.atomic import atomic_write_json, atomic_write_text
 from saelab.errors import SaelabError
 
 MANIFEST = "manifest.json"
 CONFIG = "run.toml"
-TMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder that becomes `final` only if the block completes.
-
-    An existing `final` is replaced. On any exception (including KeyboardInterrupt) the
-    temporary folder is removed, so a failed unit leaves nothing behind.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + final.name + "-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def remove_debris(folder: Path) -> None:
-    """Delete temporary files and folders a killed writer left in `folder` (not recursive)."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.name.startswith(TMP_PREFIX):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def tree_digests(root: Path, base: Path | None = None) -> dict[str, str]:
-    """sha256 of every file below `root`, keyed by path relative to `base` (default: root)."""
-    base = base or root
-    out: dict[str, str] = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            out[p.relative_to(base).as_posix()] = file_digest(p)
-    return out
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
@@ -146,26 +54,54 @@ class RunFolder:
         with open(self.config_path, "rb") as f:
             return tomllib.load(f)
 
-    def bind_config(self, stage: str, cfg: dict[str, Any], *, overwrite: bool = False) -> None:
-        """Record a stage's resolved configuration, or refuse if the folder holds another one.
+    def config_changes(
+        self, stage: str, binding: dict[str, Any], *, sections: bool = False
+    ) -> dict[str, list[str]]:
+        """What differs between the recorded configuration of `stage` and `binding`: per
+        section (one section, "", unless `sections`), the first differing keys shown as
+        `key: old -> new`. Only sections both hold are compared: a run grows by sections."""
+        old = self.read_config().get(stage)
+        new = _toml_clean(binding)
+        if old is None:
+            return {}
+        pairs = (
+            [(s, old[s], c) for s, c in new.items() if s in old] if sections else [("", old, new)]
+        )
+        out = {}
+        for section, a, b in pairs:
+            if a != b:
+                keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                out[section] = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+        return out
 
-        Resuming is only correct when the same configuration produced the units already on disk,
-        so a different configuration must pick a new folder or ask to overwrite explicitly.
-        """
-        clean = _toml_clean(cfg)
+    def refuse_changes(self, stage: str, changes: dict[str, list[str]]) -> None:
+        """The one rule for every stage: a run folder keeps the configuration that made it,
+        because resuming is only correct when that configuration produced what is on disk."""
+        if not changes:
+            return
+        shown = "; ".join(
+            (f"{s}: " if s else "") + ", ".join(diffs[:3]) for s, diffs in changes.items()
+        )
+        raise SaelabError(
+            f"run folder {self.path} was made by a different {stage} configuration ({shown});"
+            " to use another configuration, pick another --run folder or add --overwrite"
+        )
+
+    def write_binding(self, stage: str, binding: dict[str, Any], *, sections: bool) -> None:
+        """Record the configuration (merged into the recorded sections when `sections`)."""
         current = self.read_config()
-        old = current.get(stage)
-        if old is not None and old != clean and not overwrite:
-            diffs = sorted(k for k in set(old) | set(clean) if old.get(k) != clean.get(k))
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {clean.get(k)!r}" for k in diffs[:3])
-            raise SaelabError(
-                f"run folder {self.path} was made by a different {stage} configuration ({shown});"
-                " use another --run folder, or --overwrite to start this one again"
-            )
-        if old != clean:
-            current[stage] = clean
+        clean = _toml_clean(binding)
+        new = {**current.get(stage, {}), **clean} if sections else clean
+        if current.get(stage) != new:
+            current[stage] = new
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.config_path, tomli_w.dumps(current))
+
+    def bind_config(self, stage: str, cfg: dict[str, Any], *, overwrite: bool = False) -> None:
+        """Record a configuration outside the stage driver (a plan), with the same rule."""
+        if not overwrite:
+            self.refuse_changes(stage, self.config_changes(stage, cfg))
+        self.write_binding(stage, cfg, sections=False)
 
     # -- manifest ------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
@@ -203,10 +139,40 @@ class RunFolder:
     def done_units(self, stage: str) -> dict[str, Any]:
         return dict(self.stage(stage).get("units", {}))
 
+    def verified_unit(self, stage: str, unit: str) -> dict[str, Any] | None:
+        """The unit's record if it is recorded and its files are all there with the recorded
+        total size; None means: run it (again)."""
+        rec = self.done_units(stage).get(unit)
+        if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict):
+            return None
+        size = 0
+        for rel in rec["files"]:
+            p = self.path / rel
+            if not p.is_file():
+                return None
+            size += p.stat().st_size
+        return rec if size == rec.get("bytes") else None
+
+    def drop_units(self, stage: str, under: list[str]) -> None:
+        """Forget the units that recorded files below any of `under` (paths in the run)."""
+        m = self.read_manifest()
+        units = m["stages"].get(stage, {}).get("units", {})
+        prefixes = [u.rstrip("/") for u in under]
+        for key in [k for k, r in units.items() if _touches(r, prefixes)]:
+            del units[key]
+        self.write_manifest(m)
+
     def reset_stage(self, stage: str) -> None:
         m = self.read_manifest()
         m["stages"].pop(stage, None)
         self.write_manifest(m)
+
+
+def _touches(record: Any, prefixes: list[str]) -> bool:
+    files = record.get("files") if isinstance(record, dict) else None
+    return isinstance(files, dict) and any(
+        f == p or f.startswith(p + "/") for f in files for p in prefixes
+    )
 
 
 def _toml_clean(obj: Any) -> Any:

@@ -2,7 +2,7 @@
 
 Speed on small shared machines swings by 2x within seconds, so the plan times the real
 workload (the model, the hooks, typical batch lengths) rather than trusting a formula; the
-FLOP probe is the fallback when loading the model is not wanted (`--no-calibrate`).
+FLOP probe is the fallback when loading the model is not wanted.
 """
 
 from __future__ import annotations

@@ -223,7 +223,7 @@ def estimate_extract(
         flops = w.shape.flops_per_token(max(int(w.tokens.mean_len), 1), n_layers=w.deepest + 1)
         seconds = fwd_tokens * flops / flops_per_s
         parts["flops_per_token"] = flops
-        notes.append("time from a FLOP estimate (run without --no-calibrate to measure)")
+        notes.append("time from a FLOP estimate (`calibrate` to measure it on this machine)")
     if seconds is not None and w.generate:
         n_batches = -(-w.tokens.n_prompts // max(w.batch_size, 1))
         if step_seconds:

@@ -1,6 +1,6 @@
 """Verdicts: does a stage fit the budget, and if not, what would make it fit.
 
-A budget is what the user allows (`--max-memory`, `--max-gpu-memory`, `--max-disk`) capped
+A budget is what the user allows (`max_memory`, `max_gpu_memory`, `max_disk`) capped
 by what the machine has (available RAM, free disk). A run that cannot fit is refused before
 it starts, with the concrete options (smaller batch, smaller dtype, last-token positions,
 fewer layers) that the same estimator says would fit.
@@ -41,7 +41,7 @@ class Budget:
 @dataclass(frozen=True)
 class Limits:
     memory: int
-    memory_flag: bool  # True: the limit is the user's --max-memory, else free RAM
+    memory_flag: bool  # True: the limit is the user's `max_memory`, else free RAM
     gpu: int | None
     disk: int
     disk_flag: bool
@@ -60,7 +60,7 @@ class Verdict:
 def judge(est: Estimate, limits: Limits) -> Verdict:
     problems: list[str] = []
     if est.ram > limits.memory:
-        what = "--max-memory" if limits.memory_flag else "available RAM"
+        what = "`max_memory`" if limits.memory_flag else "available RAM"
         problems.append(
             f"needs {format_bytes(est.ram)} of RAM, {what} is {format_bytes(limits.memory)}"
         )
@@ -69,7 +69,7 @@ def judge(est: Estimate, limits: Limits) -> Verdict:
             f"needs {format_bytes(est.gpu)} of GPU memory, the limit is {format_bytes(limits.gpu)}"
         )
     if est.disk > limits.disk:
-        what = "--max-disk" if limits.disk_flag else "free disk"
+        what = "`max_disk`" if limits.disk_flag else "free disk"
         problems.append(
             f"needs {format_bytes(est.disk)} of disk, {what} is {format_bytes(limits.disk)}"
         )
@@ -125,19 +125,19 @@ def suggest_extract(w: ExtractWorkload, limits: Limits) -> list[str]:
     if w.batch_size > 1:
         for b in sorted({max(1, w.batch_size // 2), max(1, w.batch_size // 4), 1}, reverse=True):
             if b < w.batch_size and ok(dataclasses.replace(w, batch_size=b)):
-                out.append(f"--batch-size {b}")
+                out.append(f"`batch_size` {b}")
                 break
     if w.model_dtype == "float32":
         for dt in ("bfloat16", "int8"):
             if ok(dataclasses.replace(w, model_dtype=dt)):
-                out.append(f"--dtype {dt}")
+                out.append(f"`dtype` {dt}")
                 break
     if w.store_dtype == "float32" and ok(dataclasses.replace(w, store_dtype="float16")):
-        out.append("--store-dtype float16")
+        out.append("`store_dtype` float16")
     if w.positions == "all":
         for pos in ("last", "mean"):
             if ok(dataclasses.replace(w, positions=pos)):
-                out.append(f"--positions {pos}")
+                out.append(f"`positions` {pos}")
                 break
     if len(w.hooks) > 1:
         for keep in (len(w.hooks) // 2, len(w.hooks) // 4, 1):
@@ -151,6 +151,6 @@ def suggest_extract(w: ExtractWorkload, limits: Limits) -> list[str]:
                 w.tokens, n_prompts=n, n_tokens=int(w.tokens.n_tokens * n / w.tokens.n_prompts)
             )
             if ok(dataclasses.replace(w, tokens=t)):
-                out.append(f"fewer prompts (--limit {n})")
+                out.append(f"fewer prompts (`limit` {n})")
                 break
     return out

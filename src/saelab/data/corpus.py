@@ -1,7 +1,7 @@
 """Token streams for SAE training: raw text in, fixed-length token windows out.
 
-`saelab train --stream --corpus FILE|FOLDER` trains on activations of text the user points at
-(txt, JSON lines or Parquet files, or a folder of them) rather than on a prompt table. Nothing
+Streamed SAE training reads the activations of text the user points at
+(txt, JSON lines or Parquet files, or a folder of them) rather than a prompt table. Nothing
 may be downloaded, so "builtin:stdlib" gives real English that every machine already has: the
 docstrings of the Python standard library. Texts are read lazily (`iter_texts`) so a run that
 needs 250k tokens never reads a whole corpus; `pack_windows` tokenizes and cuts them into
@@ -88,7 +88,7 @@ def corpus_files(source: str | Path) -> list[Path]:
     if not files:
         raise SaelabError(
             f"corpus folder {shown} has no {_SUPPORTED} files (searched recursively); "
-            "add some, or point --corpus at a file"
+            "add some, or name a file instead"
         )
     return sorted(files, key=lambda f: f.relative_to(p).as_posix())
 
@@ -190,7 +190,7 @@ def pack_windows(
     min_context = 2 if prepend_bos else 1
     if isinstance(context, bool) or not isinstance(context, int) or context < min_context:
         raise SaelabError(
-            f"context {context!r} is too short for windows of {where}; pass --context "
+            f"context {context!r} is too short for windows of {where}; pass `context` "
             f"{min_context} or more (128 is usual)"
         )
     if max_tokens is not None and (
@@ -198,7 +198,7 @@ def pack_windows(
     ):
         raise SaelabError(
             f"max_tokens {max_tokens!r} for {where} must be a whole number of at least 1; "
-            "pass a positive --max-tokens or leave it out to read the whole corpus"
+            "pass a positive `max_tokens` or leave it out to read the whole corpus"
         )
     if separator not in ("eos", "none"):
         raise SaelabError(f"separator {separator!r} for {where} is unknown; use 'eos' or 'none'")
@@ -262,7 +262,7 @@ def pack_windows(
             f"{where} gives {available} tokens{limit} from {len(doc_starts)} document"
             f"{'' if len(doc_starts) == 1 else 's'}, fewer "
             f"than one window of {per_window} tokens (context {context}{bos_note}); add text, "
-            "raise --max-tokens, or lower --context"
+            "raise `max_tokens`, or lower `context`"
         )
     used = n_windows * per_window
     stream = np.concatenate(chunks)[:used] if chunks else np.zeros(0, np.int32)

@@ -108,7 +108,7 @@ def read_jsonl(path: Path, source: str, text_column: str) -> Iterator[str]:
             shown = ", ".join(repr(c) for c in obj) or "none"
             raise SaelabError(
                 f"{at} has no text column {text_column!r} (columns: {shown}); "
-                "name the column that holds the text with --text-column"
+                "name the column that holds the text with `text_column`"
             )
         text = obj[text_column]
         if text is None:
@@ -116,7 +116,7 @@ def read_jsonl(path: Path, source: str, text_column: str) -> Iterator[str]:
         if not isinstance(text, str):
             raise SaelabError(
                 f"{at}: text in column {text_column!r} is a {_json_type(text)}, not a string; "
-                "choose the column that holds the text with --text-column"
+                "choose the column that holds the text with `text_column`"
             )
         if text.strip():
             _check_encodable(text, at, text_column)
@@ -143,7 +143,7 @@ def read_parquet(path: Path, source: str, text_column: str) -> Iterator[str]:
         shown = ", ".join(repr(c) for c in names) or "none"
         raise SaelabError(
             f"corpus file {source} has no text column {text_column!r} (columns: {shown}); "
-            "name the column that holds the text with --text-column"
+            "name the column that holds the text with `text_column`"
         )
     kind = pf.schema_arrow.field(text_column).type
     if pa.types.is_dictionary(kind):
@@ -151,7 +151,7 @@ def read_parquet(path: Path, source: str, text_column: str) -> Iterator[str]:
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise SaelabError(
             f"corpus file {source}: column {text_column!r} has type {kind}, but texts must be "
-            "strings; choose the column that holds the text with --text-column"
+            "strings; choose the column that holds the text with `text_column`"
         )
     row = 0
     batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[text_column])

@@ -65,7 +65,7 @@ class PromptTable:
         return len(self.ids)
 
     def select(self, indices: Sequence[int]) -> PromptTable:
-        """Subset by position (shards, groups, a user's `--prompts` choice); ids stay unique."""
+        """Subset by position (shards, groups, a user's choice of prompts); ids stay unique."""
         n = len(self)
         seen: set[int] = set()
         for i in indices:
@@ -137,7 +137,7 @@ def read_prompts(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SaelabError(
             f"reading prompts from {path}: limit must be a whole number of at least 1 "
-            f"(got {limit!r}); pass --limit 1 or more, or leave it out to read every prompt"
+            f"(got {limit!r}); pass `limit` 1 or more, or leave it out to read every prompt"
         )
     if str(path) in _BUILTIN:
         table = builtin_prompts(str(path))

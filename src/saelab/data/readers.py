@@ -166,7 +166,7 @@ def _parse_parquet(
         if is_text and not stringish:
             raise SaelabError(
                 f"prompts file {source}: column {name!r} has type {column.type}, but prompt "
-                "texts must be strings; choose the text column with --text-column"
+                "texts must be strings; choose the text column with `text_column`"
             )
         try:
             values[name] = column.cast(pa.string()).to_pylist()
@@ -197,9 +197,9 @@ def _build_columns(
     if text_column not in columns:
         raise SaelabError(
             f"prompts file {source} has no text column {text_column!r} (columns: {shown}); "
-            "name the column that holds the prompts with --text-column"
+            "name the column that holds the prompts with `text_column`"
         )
-    explicit = ((id_column, "id", "--id-column"), (group_column, "group", "--group-column"))
+    explicit = ((id_column, "id", "`id_column`"), (group_column, "group", "`group_column`"))
     for column, default, flag in explicit:
         if column is not None and column != default and column not in columns:
             raise SaelabError(

@@ -82,7 +82,7 @@ class Fetcher:
         backoff_s: float = 1.0,
     ):
         if max_disk is not None and max_disk <= 0:
-            raise SaelabError(f"--max-disk {max_disk} must be a positive size, e.g. 20GB")
+            raise SaelabError(f"`max_disk` {max_disk} must be a positive size, e.g. 20GB")
         self.max_disk = max_disk
         self.evict = evict
         self.quiet = quiet
@@ -244,13 +244,13 @@ class Fetcher:
                 f"{where} is {format_bytes(size)} but the disk holding the hub cache "
                 f"({s.cache_dir}) has {format_bytes(max(free, 0))} free and "
                 f"{format_bytes(DISK_MARGIN)} is kept spare{unreleased}: free disk space, set "
-                "HF_HOME to a bigger disk, or pass --evict so each file is deleted once used"
+                "HF_HOME to a bigger disk, or pass `evict` so each file is deleted once used"
             )
         if self.max_disk is not None and size > self.max_disk - held:
             raise BudgetError(
-                f"{where} is {format_bytes(size)} but --max-disk {format_bytes(self.max_disk)} "
+                f"{where} is {format_bytes(size)} but `max_disk` {format_bytes(self.max_disk)} "
                 f"leaves {format_bytes(max(self.max_disk - held, 0))}{unreleased}: raise "
-                f"--max-disk to at least {format_bytes(size + held)}, pass --evict so each file "
+                f"`max_disk` to at least {format_bytes(size + held)}, pass `evict` so each file "
                 "is deleted once used, or free disk space"
             )
 
@@ -334,7 +334,7 @@ class Fetcher:
                 raise BudgetError(
                     f"the disk filled up while downloading {where} ({s.cache_dir}); the partial "
                     "file was deleted: free disk space, set HF_HOME to a bigger disk, or lower "
-                    "--max-disk so saelab refuses before downloading"
+                    "`max_disk` so saelab refuses before downloading"
                 ) from e
             finally:
                 tmp.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from saelab.models.capture import (
     length_sorted_batches,
     make_batch,
 )
-from saelab.models.hooks import SITES, HookPoint, parse_hook, parse_hooks
+from saelab.models.hooks import SITES, HookPoint, hook_point, parse_hook, parse_hooks, select_hooks
 from saelab.models.loading import (
     DTYPES,
     LoadedModel,
@@ -45,11 +45,13 @@ __all__ = [
     "capture_prompts",
     "length_sorted_batches",
     "load_model",
+    "hook_point",
     "make_batch",
     "parse_hook",
     "parse_hooks",
     "resolve_device",
     "resolve_spec",
+    "select_hooks",
     "supported_families",
     "tokenize_prompts",
 ]

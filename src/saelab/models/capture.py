@@ -238,6 +238,6 @@ def cast_rows(x: torch.Tensor, dtype: torch.dtype | None, hook: str) -> torch.Te
     if dtype == torch.float16 and x.numel() and float(x.abs().max()) > _F16_MAX:
         raise SaelabError(
             f"activations of {hook} reach {float(x.abs().max()):.3g}, beyond float16's"
-            " range (65504); store them as bfloat16 or float32 (--store-dtype)"
+            " range (65504); store them as bfloat16 or float32 (`store_dtype`)"
         )
     return x.to("cpu", dtype=dtype, copy=True)

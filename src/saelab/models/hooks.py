@@ -77,7 +77,14 @@ def _site(name: str, spec: str) -> str:
     return s
 
 
-def _layer(raw: int, n_layers: int, spec: str) -> int:
+def _layer(raw: int, n_layers: int | None, spec: str) -> int:
+    if n_layers is None:  # depth unknown: only plain non-negative layers mean something
+        if raw < 0:
+            raise SaelabError(
+                f"hook {spec!r}: a negative layer counts from the model's last layer, which is"
+                " not known here; write the layer number"
+            )
+        return raw
     layer = raw + n_layers if raw < 0 else raw
     if not 0 <= layer < n_layers:
         raise SaelabError(
@@ -98,10 +105,14 @@ def split_specs(spec: str | Sequence[str]) -> list[str]:
 
 def parse_hook(
     spec: str,
-    n_layers: int,
+    n_layers: int | None,
     module_path: Callable[[str], HookPoint | None] | None = None,
 ) -> list[HookPoint]:
-    """Expand one hook spec into hook points (a range gives several)."""
+    """Expand one hook spec into hook points (a range gives several).
+
+    `n_layers` is the model's real depth; None (not known, e.g. a name read from a file)
+    accepts plain layers unchecked and refuses what needs the depth (negative layers, `*`).
+    """
     text = spec.strip()
     m = _CANON.match(text)
     if m:
@@ -112,6 +123,8 @@ def parse_hook(
         site = _site(m.group(1), spec)
         sel = m.group(2)
         if sel in ("*", "all"):
+            if n_layers is None:
+                raise SaelabError(f"hook {spec!r}: every layer needs the model's depth; list them")
             return [HookPoint(layer, site) for layer in range(n_layers)]
         if re.fullmatch(r"\d+-\d+", sel):
             lo, hi = (int(x) for x in sel.split("-"))
@@ -135,18 +148,76 @@ def parse_hook(
 
 def parse_hooks(
     spec: str | Sequence[str],
-    n_layers: int,
+    n_layers: int | None,
     module_path: Callable[[str], HookPoint | None] | None = None,
 ) -> list[HookPoint]:
     """Parse, expand, de-duplicate and sort hook specs into forward-pass order."""
     parts = split_specs(spec)
     if not parts:
-        raise SaelabError("no hook points given: pass --hooks, e.g. --hooks resid_post.12")
+        raise SaelabError("no hook points given: hooks='' names none; e.g. hooks='resid_post.12'")
     seen: dict[HookPoint, None] = {}
     for part in parts:
         for hp in parse_hook(part, n_layers, module_path):
             seen.setdefault(hp, None)
     return sorted(seen, key=lambda h: h.order)
+
+
+def hook_point(name: str | HookPoint) -> HookPoint:
+    """A canonical or short name of one hook point as a value (no model depth needed)."""
+    if isinstance(name, HookPoint):
+        return name
+    points = parse_hook(name, None)
+    if len(points) != 1:
+        raise SaelabError(f"hook {name!r} names {len(points)} hook points: name exactly one")
+    return points[0]
+
+
+def select_hooks(
+    spec: str | Sequence[str] | Sequence[HookPoint] | None,
+    available: Sequence[str | HookPoint] | None,
+    n_layers: int,
+    module_path: Callable[[str], HookPoint | None] | None = None,
+    *,
+    where: str = "the model",
+    fix: str = "pick one it has",
+) -> list[HookPoint]:
+    """The hook points `spec` names, among those `available` (None: any of the model's).
+
+    One set of rules for every stage: no spec takes every available hook in the order given;
+    a spec is parsed against the model's real depth `n_layers` (so `resid_post.-1` is its last
+    layer); a wildcard (`SITE.*`) keeps the available hooks of that site; every other hook it
+    names (a layer, a range, a canonical name) must be available, else the error names the
+    first missing one, what `where` holds and the `fix`. The result is in forward-pass order.
+    """
+    have = None if available is None else [hook_point(h) for h in available]
+    if (
+        spec is None
+        or (isinstance(spec, str) and not spec.strip())
+        or (not isinstance(spec, str) and not list(spec))
+    ):
+        if have is None:
+            raise SaelabError(
+                "no hook points given: hooks='' names none; e.g. hooks='resid_post.12'"
+            )
+        return have
+    if not isinstance(spec, str) and all(isinstance(h, HookPoint) for h in spec):
+        parts: list[tuple[str, list[HookPoint]]] = [(h.name, [h]) for h in spec]  # type: ignore[union-attr]
+    else:
+        parts = [(p, parse_hook(p, n_layers, module_path)) for p in split_specs(spec)]  # type: ignore[arg-type]
+    chosen: dict[HookPoint, None] = {}
+    for text, points in parts:
+        wildcard = bool(re.search(r"\.(\*|all)$", text.strip()))
+        for hp in points:
+            if have is not None and hp not in have:
+                if wildcard:
+                    continue
+                held = ", ".join(h.name for h in have) or "nothing"
+                raise SaelabError(f"{where} has no {hp.name} (it holds {held}): {fix}")
+            chosen.setdefault(hp, None)
+    if not chosen:
+        held = ", ".join(h.name for h in have or []) or "nothing"
+        raise SaelabError(f"hooks {spec!r} name none of the hooks {where} holds ({held}): {fix}")
+    return sorted(chosen, key=lambda h: h.order)
 
 
 def hook_names(hooks: Iterable[HookPoint]) -> list[str]:

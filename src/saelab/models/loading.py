@@ -111,7 +111,7 @@ def file_key(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Hide transformers' load-time progress bars and chatter; saelab reports its own."""
     from transformers.utils import logging as hf_logging
 
@@ -143,7 +143,7 @@ def convert_gguf(gguf: Path, quiet: bool = True) -> Path:
 
     say(f"converting {gguf.name} to a cached safetensors folder (once; ~20 s)...", quiet)
     hush = contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext()
-    with _quiet_transformers(), hush:
+    with quiet_transformers(), hush:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -176,7 +176,7 @@ def convert_gguf(gguf: Path, quiet: bool = True) -> Path:
 
 def resolve_device(device: str) -> torch.device:
     if device not in DEVICES and not device.startswith("cuda:"):
-        raise SaelabError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+        raise SaelabError(f"`device` {device!r} is not one of {', '.join(DEVICES)}")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -184,17 +184,17 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SaelabError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+        raise SaelabError("`device` cuda: no CUDA GPU is visible here; use `device` cpu or auto")
     if device == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise SaelabError("--device mps: Apple MPS is not available here; use --device cpu")
+        raise SaelabError("`device` mps: Apple MPS is not available here; use `device` cpu")
     return torch.device(device)
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
-        raise SaelabError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        raise SaelabError(f"`dtype` {dtype!r} is not one of {', '.join(DTYPES)}")
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
         dtype, torch.float32
     )
@@ -288,7 +288,7 @@ def load_model(
     source = resolve_spec(spec)
     folder = str(local_folder(source, quiet=quiet))
 
-    with _quiet_transformers():
+    with quiet_transformers():
         config = AutoConfig.from_pretrained(folder)
         adapter = adapter_for(config)  # refuse unsupported architectures before loading
         kwargs: dict[str, Any] = {"dtype": tdtype}
@@ -300,14 +300,14 @@ def load_model(
                 from transformers import BitsAndBytesConfig
             except ImportError as e:
                 raise SaelabError(
-                    "--dtype int8 on CUDA needs bitsandbytes: pip install bitsandbytes,"
-                    " or use --dtype float16/bfloat16"
+                    "`dtype` int8 on CUDA needs bitsandbytes: pip install bitsandbytes,"
+                    " or use `dtype` float16/bfloat16"
                 ) from e
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
             kwargs["device_map"] = {"": dev.index or 0}
         elif dtype == "int8" and dev.type != "cpu":
             raise SaelabError(
-                f"--dtype int8 works on cpu (weight-only int8) and cuda (bitsandbytes), not on"
+                f"`dtype` int8 works on cpu (weight-only int8) and cuda (bitsandbytes), not on"
                 f" {dev.type}; use float16 or bfloat16"
             )
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -345,5 +345,5 @@ def load_tokenizer(spec: str) -> Any:
     source = resolve_spec(name)
     if source.kind == "gguf" and not gguf_cache_path(Path(source.location)).is_dir():
         raise SaelabError(f"{spec}: its GGUF is not converted yet; load the model once")
-    with _quiet_transformers():
+    with quiet_transformers():
         return AutoTokenizer.from_pretrained(str(local_folder(source)))

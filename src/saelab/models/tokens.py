@@ -44,7 +44,7 @@ def tokenize_prompts(
         if not getattr(tokenizer, "chat_template", None):
             from saelab.errors import SaelabError
 
-            raise SaelabError("--chat: this model's tokenizer has no chat template; drop --chat")
+            raise SaelabError("`chat`: this model's tokenizer has no chat template; drop `chat`")
         enc = []
         for t in texts:
             r = tokenizer.apply_chat_template(

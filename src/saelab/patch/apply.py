@@ -147,7 +147,7 @@ def position_mask(
     elif at == "last+generated":
         m = p >= width - 1
     else:
-        raise SaelabError(f"--at {at!r} is not one of {', '.join(AT)}")
+        raise SaelabError(f"`at` {at!r} is not one of {', '.join(AT)}")
     return m.expand(len(starts), len(positions))
 
 
@@ -209,7 +209,7 @@ def patched(
     KV cache and for `model.generate`. Hooks are removed on exit.
     """
     if at not in AT:
-        raise SaelabError(f"--at {at!r} is not one of {', '.join(AT)}")
+        raise SaelabError(f"`at` {at!r} is not one of {', '.join(AT)}")
     if len(rows) != len(prompt_lengths):
         raise SaelabError(
             f"{len(rows)} edit rows for {len(prompt_lengths)} prompts: give one per prompt"

@@ -31,8 +31,6 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _SPEC = re.compile(
     rf"^(?P<hook>[^:\s]+)\s*:\s*(?P<feature>\d+)\s*(?P<op>\+=|=|\*|@)\s*(?P<value>{_NUMBER})$"
 )
-#: without the model's depth, short forms still parse against this (negative layers refused)
-_ANY_DEPTH = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -63,13 +61,9 @@ class Edit:
 
 
 def canonical_hook(spec: str, n_layers: int | None = None, what: str = "hook") -> str:
-    """One hook spec as its canonical name; a range or a layer past the depth is an error."""
-    depth = n_layers if n_layers is not None else _ANY_DEPTH
-    if n_layers is None and re.search(r"(^|\.)-\d", spec):
-        raise SaelabError(
-            f"{what} {spec!r}: a negative layer needs the model's depth; write the layer number"
-        )
-    hooks: list[HookPoint] = parse_hook(spec, depth)
+    """One hook spec as its canonical name; a range or a layer past the depth is an error.
+    Without the model's depth (None) plain layers are taken as written."""
+    hooks: list[HookPoint] = parse_hook(spec, n_layers)
     if len(hooks) != 1:
         raise SaelabError(f"{what} {spec!r} names {len(hooks)} hook points: name exactly one")
     return hooks[0].name

@@ -81,7 +81,7 @@ def generate_patched(
             " (repeat a prompt to try several edits on it)"
         )
     if max_new_tokens < 1:
-        raise SaelabError(f"--max-new-tokens {max_new_tokens} must be at least 1")
+        raise SaelabError(f"`max_new_tokens` {max_new_tokens} must be at least 1")
     batch = make_batch(ids, lm.pad_id, "left", lm.device)
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,

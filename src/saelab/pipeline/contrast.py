@@ -15,6 +15,7 @@ contrast_summary_activations.json for raw activations), and a printed table.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -24,15 +25,19 @@ from typing import Any
 
 import numpy as np
 
+from saelab.atomic import atomic_write_bytes, atomic_write_json
 from saelab.errors import SaelabError
+from saelab.models.hooks import select_hooks
 from saelab.pipeline.contrast_data import (
     POOLS,
     activation_blocks,
     code_blocks,
     read_labels,
 )
+from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.inputs import model_depth
 from saelab.progress import Reporter, console, say
-from saelab.run import RunFolder, atomic_write_bytes, atomic_write_json
+from saelab.run import RunFolder
 
 STAGE = "contrast"
 STATS_DIR = "stats"
@@ -56,6 +61,11 @@ class ContrastOptions:
 
 
 def run_contrast(o: ContrastOptions) -> dict[str, Any]:
+    with flags_in_errors(f.name for f in dataclasses.fields(o)):
+        return _run_contrast(o)
+
+
+def _run_contrast(o: ContrastOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     run = RunFolder(o.run)
     if not run.path.is_dir():
@@ -120,31 +130,25 @@ def _inputs(o: ContrastOptions, run: RunFolder) -> tuple[list[tuple[str, int]], 
     )
     if o.source == "activations":
         assert store is not None
-        names = _pick(o.hooks, list(store.hooks), "activation store")
+        names = _pick(o.hooks, sorted(store.hooks), "activation store", run)
         return [(h, int(store.d_model[h])) for h in names], (
             lambda h: activation_blocks(store, h, o.pool, skip_first)
         )
     from saelab.store.codes import open_codes
 
     codes = open_codes(run.path)
-    names = _pick(o.hooks, codes.hooks, "codes")
+    names = _pick(o.hooks, codes.hooks, "codes", run)
     return [(h, codes[h].d_sae) for h in names], (
         lambda h: code_blocks(codes, h, o.pool, skip_first)
     )
 
 
-def _pick(spec: str | None, available: list[str], what: str) -> list[str]:
-    if not spec:
-        return sorted(available)
-    from saelab.models.hooks import parse_hooks
-
-    wanted = [h.name for h in parse_hooks(spec, 10_000)] if "*" not in spec else available
-    missing = [h for h in wanted if h not in available]
-    if missing:
-        raise SaelabError(
-            f"--hooks: the run's {what} has no {missing[0]} (it has {', '.join(available)})"
-        )
-    return wanted
+def _pick(spec: str | None, available: list[str], what: str, run: RunFolder) -> list[str]:
+    """Hooks to test, in name order unless --hooks names them (then forward-pass order)."""
+    depth = model_depth(run, hooks=available)
+    fix = "encode it first or pick one it has" if what == "codes" else "extract it first"
+    hooks = select_hooks(spec, available, depth, where=f"the run's {what}", fix=fix)
+    return [h.name for h in hooks]
 
 
 def _table(o: ContrastOptions, per_hook: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:

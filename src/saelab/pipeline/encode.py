@@ -11,6 +11,7 @@ fetched again.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from saelab.errors import SaelabError
-from saelab.models.hooks import HookPoint, parse_hooks
+from saelab.models.hooks import HookPoint, select_hooks
+from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.inputs import model_depth
 from saelab.progress import Reporter, say
 from saelab.run import RunFolder
 from saelab.sae.encode import encode_prompts
@@ -66,6 +69,11 @@ class EncodeResult:
 
 
 def run_encode(o: EncodeOptions) -> EncodeResult:
+    with flags_in_errors(f.name for f in dataclasses.fields(o)):
+        return _run_encode(o)
+
+
+def _run_encode(o: EncodeOptions) -> EncodeResult:
     t0 = time.perf_counter()
     if o.positions not in POSITIONS:
         raise SaelabError(f"--positions {o.positions!r} is not one of {', '.join(POSITIONS)}")
@@ -128,7 +136,14 @@ def _store(o: EncodeOptions, run: RunFolder) -> Any:
 def _sources(o: EncodeOptions, store: Any) -> list[SAESource]:
     hooks: list[HookPoint] | None = None
     if o.hooks:
-        hooks = parse_hooks(o.hooks, _n_layers(o, store))
+        depth = model_depth(RunFolder(o.run), store.attrs.get("model") or o.model, store.hooks)
+        hooks = select_hooks(
+            o.hooks,
+            store.hooks,
+            depth,
+            where=f"the activation store of {o.run}",
+            fix="extract it into another --run, or drop it",
+        )
     sources = expand_saes(o.saes, hooks)
     for s in sources:
         if s.hook is not None and s.hook not in store.hooks:
@@ -147,19 +162,6 @@ def _sources(o: EncodeOptions, store: Any) -> list[SAESource]:
             f" {store.positions} or a run extracted with --positions all"
         )
     return sorted(sources, key=lambda s: (s.layer if s.layer is not None else -1, s.hook or ""))
-
-
-def _n_layers(o: EncodeOptions, store: Any) -> int:
-    """Layers of the store's model (for `resid_post.*`, negative layers), without loading it."""
-    from saelab.models.describe import describe_model
-
-    name = str(store.attrs.get("model") or o.model)
-    spec = "default" if name == "HuggingFaceTB/SmolLM2-135M-Instruct" else name
-    try:
-        return int(describe_model(spec).shape.n_layers)
-    except SaelabError:  # model not on this machine: the stored layers bound the range
-        layers = [int(h.split(".")[1]) for h in store.hooks if h.startswith("blocks.")]
-        return max(layers, default=0) + 1
 
 
 def _conf(o: EncodeOptions) -> dict[str, Any]:

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from saelab.atomic import atomic_write_bytes
 from saelab.errors import SaelabError
-from saelab.run import atomic_write_bytes
+from saelab.models.hooks import select_hooks
+from saelab.pipeline.inputs import model_depth
+from saelab.run import RunFolder
 from saelab.store.codes import open_codes, parse_features
 
 FORMATS = ("json", "npz")
@@ -34,10 +37,11 @@ def run_export(
     if fmt not in FORMATS:
         raise SaelabError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     codes = open_codes(run)
-    wanted = [h.strip() for h in hooks.split(",")] if hooks else codes.hooks
+    depth = model_depth(RunFolder(run), hooks=codes.hooks)
+    wanted = select_hooks(hooks, codes.hooks, depth, where="the run's codes", fix="encode it first")
     blocks: dict[str, dict[str, Any]] = {}
     for hook in wanted:
-        hc = codes[_resolve(hook, codes.hooks)]
+        hc = codes[hook.name]
         feats = parse_features(features, hc.d_sae) or hc.features
         if not feats:
             raise SaelabError(
@@ -58,23 +62,6 @@ def run_export(
     else:
         _write_json(path, codes, blocks, Path(run))
     return path
-
-
-def _resolve(hook: str, available: list[str]) -> str:
-    if hook in available:
-        return hook
-    from saelab.models.hooks import parse_hooks
-
-    try:
-        names = [h.name for h in parse_hooks(hook, 10_000)]
-    except SaelabError:
-        names = []
-    for n in names:
-        if n in available:
-            return n
-    raise SaelabError(
-        f"--hooks {hook}: the run has codes of {', '.join(available)} only; encode it first"
-    )
 
 
 def _ids(feats: list[int]) -> str:

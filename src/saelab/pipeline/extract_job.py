@@ -17,70 +17,75 @@ from saelab.budget.estimate import (
     default_shard_size,
     estimate_extract,
 )
-from saelab.budget.planner import Budget, Limits, auto_batch_size, fit_shard_size
+from saelab.budget.planner import Limits, auto_batch_size, fit_shard_size
 from saelab.data import PromptTable, demo_prompts, read_prompts
 from saelab.errors import SaelabError
+from saelab.models.adapters import adapter_for
 from saelab.models.capture import POSITIONS
 from saelab.models.describe import ModelInfo, describe_model
-from saelab.models.hooks import HookPoint, parse_hooks
-from saelab.models.loading import DTYPES, resolve_device
+from saelab.models.hooks import HookPoint, select_hooks
+from saelab.models.loading import DTYPES, file_key, resolve_device
 from saelab.models.tokens import TokenizedPrompts, tokenize_prompts
+from saelab.pipeline.options import StageOptions, option
 from saelab.pipeline.trace_options import check_generation
 from saelab.run import RunFolder
-from saelab.units import parse_size
+from saelab.store.codecs import check_dtype, check_keep_bits
 
 STORE_DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_HOOKS = "resid_post.*"
+MODEL_HELP = "'default' (SmolLM2-135M-Instruct), a HF id, a folder or a .gguf"
+PROMPTS_HELP = (
+    "txt (one per line) / jsonl / csv / parquet with a text column; default: the built-in"
+    " demo prompts"
+)
+TEXT_COLUMN_HELP = "column holding the prompt text"
+DEVICE_HELP = "auto, cpu, cuda, mps"
 
 
-@dataclass
-class ExtractOptions:
-    """Options of `saelab extract` (and `saelab plan`), as the user gave them."""
+class ExtractConfig(StageOptions):
+    """`saelab extract` (and `saelab plan`): activations of hook points over prompts, or with
+    `generate` generation traces (the answer and the hidden states over prompt and answer).
+    Without `run`, the run folder is runs/<prompts>-<model>."""
 
-    model: str = "default"  # 'default', a HF id, a model folder or a .gguf file
-    prompts: str | None = None  # txt/jsonl/csv/parquet file; None = built-in demo prompts
-    text_column: str = "text"
-    limit: int | None = None  # keep only the first N prompts
-    hooks: str | list[str] = DEFAULT_HOOKS  # e.g. "resid_post.0-29,mlp_out.5"
-    positions: str = "all"  # all | last | mean
-    dtype: str = "float32"  # compute dtype of the model
-    store_dtype: str = "auto"  # stored dtype; auto = float16, bfloat16 for Gemma (see below)
-    keep_bits: int | None = None  # lossy bit-rounding of stored mantissas
-    device: str = "auto"
-    batch_size: str | int = "auto"
-    max_length: int | None = None  # truncate prompts to this many tokens
-    prepend_bos: bool = True
-    drop_bos: bool = False  # do not store the BOS position
-    padding_side: str = "right"
-    shard_size: int | None = None  # prompts per shard (unit of resume); None = ~128 MB
-    run: str | None = None  # run folder; None = runs/<prompts>-<model>
-    max_memory: str | None = None
-    max_gpu_memory: str | None = None
-    max_disk: str | None = None
-    overwrite: bool = False
-    quiet: bool = False
-    chat: bool = False  # wrap each prompt in the tokenizer's chat template (a user turn)
-    generate: int | None = None  # record generation traces of up to N new tokens per prompt
-    temperature: float = 0.0  # 0 = greedy decoding
-    top_p: float = 1.0
-    seed: int = 0  # sampling seed (per shard: seed + shard index)
-    stop: list[str] | None = None  # cleaned answer = text up to the first stop string
-    attentions: str | None = None  # layers whose attention maps to record ("0,5", "all")
-    heads: str | None = None  # heads of those layers to keep (default all)
-
-    def budget(self) -> Budget:
-        return Budget(
-            parse_size(self.max_memory, "--max-memory"),
-            parse_size(self.max_gpu_memory, "--max-gpu-memory"),
-            parse_size(self.max_disk, "--max-disk"),
-        )
+    model: str = option("default", MODEL_HELP)
+    prompts: str | None = option(None, PROMPTS_HELP)
+    text_column: str = option("text", TEXT_COLUMN_HELP)
+    limit: int | None = option(None, "use only the first N prompts")
+    hooks: str = option(
+        DEFAULT_HOOKS,
+        "hook points: resid_post.12, resid_post.0-29, mlp_out.*, blocks.5.hook_resid_mid,"
+        " model.layers.3 (comma-separated)",
+    )
+    positions: str = option("all", "all | last | mean; with --generate: all | generated")
+    dtype: str = option("float32", "model compute dtype: float32, float16, bfloat16, int8")
+    store_dtype: str = option(
+        "auto", "stored dtype: auto (float16; bfloat16 for Gemma), float16, bfloat16, float32"
+    )
+    keep_bits: int | None = option(
+        None, "lossy: keep N mantissa bits (smaller store; default lossless)"
+    )
+    device: str = option("auto", DEVICE_HELP)
+    batch_size: str = option("auto", "prompts per batch, or 'auto' (largest that fits)")
+    max_length: int | None = option(None, "truncate prompts to N tokens")
+    bos: bool = option(True, "start every prompt with BOS", "--bos/--no-bos")
+    drop_bos: bool = option(False, "do not store the BOS position")
+    padding_side: str = option("right", "right | left (results are the same)")
+    chat: bool = option(False, "wrap each prompt in the model's chat template")
+    generate: int | None = option(None, "record generation traces: up to N new tokens per prompt")
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    seed: int = option(0, "sampling seed (per shard: seed + shard index)")
+    stop: list[str] | None = option(None, "the cleaned answer ends before this text (repeatable)")
+    attentions: str | None = option(None, "record attention maps of these layers: 0,5,10-12 or all")
+    heads: str | None = option(None, "keep only these heads of --attentions")
+    shard_size: int | None = option(None, "prompts per shard (unit of resume)")
 
 
 @dataclass
 class ExtractJob:
     """A validated extract: every choice resolved, nothing loaded but the tokenizer."""
 
-    options: ExtractOptions
+    options: ExtractConfig
     prompts: PromptTable
     info: ModelInfo
     hooks: list[HookPoint]
@@ -98,7 +103,7 @@ class ExtractJob:
         if self.tokens is not None:
             return TokenStats.from_lengths(self.tokens.lengths)
         # No tokenizer yet (GGUF not converted): ~4 characters per token, plus BOS.
-        est = [max(1, len(t) // 4) + int(self.options.prepend_bos) for t in self.prompts.texts]
+        est = [max(1, len(t) // 4) + int(self.options.bos) for t in self.prompts.texts]
         if self.options.max_length:
             est = [min(n, self.options.max_length) for n in est]
         return TokenStats.from_lengths(est, exact=False)
@@ -142,7 +147,7 @@ class ExtractJob:
             "batch_size": self.batch_size,
             "shard_size": self.shard_size,
             "max_length": o.max_length,
-            "prepend_bos": o.prepend_bos,
+            "prepend_bos": o.bos,
             "drop_bos": o.drop_bos,
             "padding_side": o.padding_side,
             "chat": o.chat,
@@ -166,8 +171,6 @@ class ExtractJob:
 
 def model_key(info: ModelInfo) -> str:
     """Identifies the weights without depending on where a venv or cache happens to live."""
-    from saelab.models.loading import file_key
-
     src = info.source
     if src.kind == "gguf":
         return f"gguf:{file_key(Path(src.location))}"
@@ -186,7 +189,7 @@ def default_run_dir(prompts: PromptTable, model_name: str) -> Path:
     return Path("runs") / f"{stem}-{model_name.split('/')[-1]}"
 
 
-def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJob:
+def prepare_extract(o: ExtractConfig, tokenizer: Any | None = None) -> ExtractJob:
     """Validate options; resolve hooks, device, run folder. Cheap: loads no weights."""
     if o.generate is None:
         _choose(o.positions, (*POSITIONS, "generated"), "--positions")
@@ -206,10 +209,8 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
             raise SaelabError(f"--limit {o.limit} must be at least 1")
         prompts = prompts.select(range(min(o.limit, len(prompts))))
     info = describe_model(o.model)
-    from saelab.models.adapters import adapter_for
-
     adapter = adapter_for(info.adapter_config())
-    hooks = parse_hooks(o.hooks, info.shape.n_layers, adapter.hook_for_module_path)
+    hooks = select_hooks(o.hooks, None, info.shape.n_layers, adapter.hook_for_module_path)
     for h in hooks:
         adapter.site(h, adapter.layers[0])  # e.g. resid_mid of a parallel-residual block
     patterns = [h.name for h in hooks if h.site == "pattern"]
@@ -220,8 +221,6 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
         )
     attention_layers, heads = check_generation(o, info.shape.n_layers, info.shape.n_heads)
     store_dtype = resolve_store_dtype(o.store_dtype, info.shape.family)
-    from saelab.store.codecs import check_dtype, check_keep_bits
-
     check_keep_bits(o.keep_bits, check_dtype(store_dtype))
     device = resolve_device(o.device).type
     run_dir = Path(o.run) if o.run else default_run_dir(prompts, info.source.name)
@@ -246,7 +245,7 @@ def tokenize_for(job: ExtractJob, tokenizer: Any) -> TokenizedPrompts:
     tp = tokenize_prompts(
         tokenizer,
         job.prompts.texts,
-        prepend_bos=o.prepend_bos,
+        prepend_bos=o.bos,
         max_length=o.max_length,
         chat=o.chat,
     )

@@ -11,6 +11,7 @@ KL from the baseline's next-token distribution) are rebuilt from the parts at th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,10 +19,14 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from saelab.atomic import atomic_write_bytes
 from saelab.errors import SaelabError
+from saelab.models.hooks import hook_point
+from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.inputs import model_depth
 from saelab.pipeline.patch_sets import EditSet, compile_outcomes, from_specs, from_sweep
 from saelab.progress import Reporter, console, say
-from saelab.run import RunFolder, atomic_write_bytes
+from saelab.run import RunFolder
 
 STAGE = "patch"
 DIR = "patch"
@@ -48,6 +53,11 @@ class PatchOptions:
 
 
 def run_patch(o: PatchOptions) -> dict[str, Any]:
+    with flags_in_errors(f.name for f in dataclasses.fields(o)):
+        return _run_patch(o)
+
+
+def _run_patch(o: PatchOptions) -> dict[str, Any]:
     from saelab.models.loading import load_model
 
     run = RunFolder(o.run)
@@ -63,7 +73,7 @@ def run_patch(o: PatchOptions) -> dict[str, Any]:
     ids, texts, groups = _prompts(o, run)
     model_name = str(run.read_config().get("extract", {}).get("model") or "default")
     sets = (
-        from_specs(o.edits or [], 10_000)
+        from_specs(o.edits or [], model_depth(run, model_name))
         if o.edits
         else from_sweep(run.path, o.sweep or "", o.values)
     )
@@ -120,13 +130,12 @@ def _prompts(o: PatchOptions, run: RunFolder) -> tuple[list[str], list[str], lis
 
 
 def _saes(o: PatchOptions, run: RunFolder, sets: list[EditSet]) -> dict[str, Any]:
-    from saelab.models.hooks import parse_hooks
     from saelab.sae.pretrained import expand_saes, load_sae
 
     spec = o.saes or run.read_config().get("encode", {}).get("saes") or str(run.path / "saes")
     hooks = sorted({e.hook for s in sets for e in s.edits})
     try:
-        points = [parse_hooks(h, 10_000)[0] for h in hooks]
+        points = [hook_point(h) for h in hooks]
         sources = expand_saes(spec, points)
     except SaelabError as e:
         raise SaelabError(f"no SAE for the edited hooks ({', '.join(hooks)}): {e}") from e

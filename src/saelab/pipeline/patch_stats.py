@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from saelab.run import atomic_write_bytes
+from saelab.atomic import atomic_write_bytes
 
 
 def summarise(

@@ -22,14 +22,17 @@ from saelab.budget.calibrate import (
 from saelab.budget.estimate import Estimate, estimate_extract
 from saelab.budget.planner import Verdict, judge, suggest_extract
 from saelab.models.describe import describe_model
-from saelab.models.loading import LoadedModel, load_model
+from saelab.models.loading import LoadedModel, quiet_transformers, load_model
 from saelab.pipeline.extract_job import (
+    ExtractConfig,
     ExtractJob,
-    ExtractOptions,
     prepare_extract,
     resolve_sizes,
     tokenize_for,
 )
+from saelab.pipeline.flags import as_flags
+from saelab.pipeline.options import option
+from saelab.progress import console
 from saelab.run import config_hash
 from saelab.units import format_bytes, format_seconds
 
@@ -73,9 +76,7 @@ def load_tokenizer(job: ExtractJob) -> Any | None:
         return None
     from transformers import AutoTokenizer
 
-    from saelab.models.loading import _quiet_transformers
-
-    with _quiet_transformers():
+    with quiet_transformers():
         return AutoTokenizer.from_pretrained(str(job.info.folder))
 
 
@@ -98,11 +99,21 @@ def estimate_job(
     verdict = judge(est, job.limits)
     if not verdict.fits:
         verdict.suggestions = suggest_extract(w, job.limits)
+    fields = PlanConfig.field_names()
+    verdict.problems = [as_flags(p, fields) for p in verdict.problems]
+    verdict.suggestions = [as_flags(s, fields) for s in verdict.suggestions]
+    est.notes = [as_flags(n, fields) for n in est.notes]
     return PlanResult(job, est, verdict, calibration)
 
 
+class PlanConfig(ExtractConfig):
+    """`saelab plan`: what extract with the same options would need, and whether it fits."""
+
+    calibrate: bool = option(True, "time a few real batches (else: FLOP estimate, no weights)")
+
+
 def plan_extract(
-    options: ExtractOptions, calibrate: bool = True, lm: LoadedModel | None = None
+    options: ExtractConfig, calibrate: bool = True, lm: LoadedModel | None = None
 ) -> tuple[PlanResult, LoadedModel | None]:
     """Plan an extract run; with `calibrate`, load the model and time real batches.
 
@@ -160,8 +171,6 @@ def plan_rows(result: PlanResult) -> list[dict[str, str]]:
 
 def render_plan(result: PlanResult) -> None:
     from rich.table import Table
-
-    from saelab.progress import console
 
     out = console()
     job = result.job

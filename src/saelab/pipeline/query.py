@@ -79,7 +79,7 @@ def run_query(run: str, sql: str, out: str | None = None, limit: int = 50) -> in
 
 
 def _write(con: Any, rel: Any, out: Path) -> int:
-    from saelab.run import atomic_write_bytes
+    from saelab.atomic import atomic_write_bytes
 
     fmt = {".csv": "CSV, HEADER", ".parquet": "PARQUET"}.get(out.suffix.lower())
     if fmt is None:

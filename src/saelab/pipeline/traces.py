@@ -12,9 +12,9 @@ gives with the model's usual kernel.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ import torch
 from saelab.models.capture import HookCapture, cast_rows, length_sorted_batches, make_batch
 from saelab.models.hooks import HookPoint
 from saelab.models.loading import LoadedModel
-from saelab.pipeline.extract_job import ExtractJob
+from saelab.pipeline.prompt_shards import PromptShardStage, ShardUnit
 from saelab.pipeline.trace_options import clean_answer
-from saelab.progress import Reporter
+from saelab.store import open_traces
 from saelab.store.traces import TRACES_DIR, Trace, TraceWriter
 
 _TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -97,51 +97,55 @@ def capture_sequences(
     return hidden, attn
 
 
-def trace_shards(job: ExtractJob, lm: LoadedModel, stage: str) -> int:
-    """Generate and store every shard not yet recorded; return how many were already done."""
-    from saelab.pipeline.extract import record_shard, shards_of
+class TracesStage(PromptShardStage):
+    """`extract --generate N`: units are the prompt table and prompt shards, as for
+    activations; each shard's traces are generated, captured and written whole."""
 
-    o = job.options
-    assert job.tokens is not None and o.generate is not None
-    tokens = job.tokens
-    store_dtype = _TORCH[job.store_dtype]
-    writer = TraceWriter(
-        job.run.path / TRACES_DIR,
-        hooks=[h.name for h in job.hooks],
-        d_model={h.name: lm.d_model for h in job.hooks},
-        dtype=job.store_dtype,
-        keep_bits=o.keep_bits,
-        positions=o.positions,
-        attention_layers=job.attention_layers,
-        n_heads=job.info.shape.n_heads,
-        heads=job.heads,
-        attrs={"model": job.info.source.name, **job.generation_config(), "chat": o.chat},
-    )
-    done = job.run.done_units(stage)
-    resumed = 0
-    with Reporter("generate", total=len(tokens.ids), unit="prompts", quiet=o.quiet) as rep:
-        for k, idx in enumerate(shards_of(len(tokens.ids), job.shard_size)):
-            unit = f"shard-{k:05d}"
-            if unit in done and writer.has_shard(k):
-                rep.advance(len(idx))
-                resumed += 1
-                continue
-            t0 = time.perf_counter()
-            torch.manual_seed(o.seed + k)  # sampling depends only on the shard: resumable
-            prompts = [tokens.ids[i] for i in idx]
-            traces: list[Trace | None] = [None] * len(idx)
-            for bidx in length_sorted_batches([len(p) for p in prompts], job.batch_size):
-                batch = [prompts[j] for j in bidx]
-                gens = generate_batch(lm, batch, o.generate, o.temperature, o.top_p)
-                seqs = [p + g.answer_ids for p, g in zip(batch, gens, strict=True)]
-                hidden, attn = capture_sequences(lm, job.hooks, job.attention_layers, seqs)
-                for j, p, g, hid, att in zip(bidx, batch, gens, hidden, attn, strict=True):
-                    traces[j] = _trace(idx[j], p, g, hid, att, o, lm, store_dtype)
-                rep.advance(len(bidx), sum(len(s) for s in seqs))
-            files = writer.write_shard(k, [t for t in traces if t is not None])
-            n_tok = sum(len(t.prompt_ids) + len(t.answer_ids) for t in traces if t)
-            record_shard(job, stage, unit, idx, n_tok, files, t0)
-    return resumed
+    store_dir = TRACES_DIR
+
+    def writer(self, tidy: bool = False) -> TraceWriter:
+        """The trace store's writer; only the driver tidies what killed writers left."""
+        job, o = self.job, self.config
+        return TraceWriter(
+            self.run.path / TRACES_DIR,
+            hooks=[h.name for h in job.hooks],
+            d_model={h.name: job.info.shape.d_model for h in job.hooks},
+            dtype=job.store_dtype,
+            keep_bits=o.keep_bits,
+            positions=o.positions,
+            attention_layers=job.attention_layers,
+            n_heads=job.info.shape.n_heads,
+            heads=job.heads,
+            attrs={"model": job.info.source.name, **job.generation_config(), "chat": o.chat},
+            tidy=tidy,
+        )
+
+    def setup(self) -> None:
+        self.writer(tidy=True)
+
+    def counts(self) -> tuple[int, int, int]:
+        traces = open_traces(self.run.path)
+        n = traces.n_traces
+        return n, sum(len(traces.prompt_ids(i)) + len(traces.answer_ids(i)) for i in range(n)), 0
+
+    def write_shard(self, unit: ShardUnit, lm: LoadedModel, tokens: Any) -> tuple[dict, int]:
+        job, o = self.job, self.config
+        assert o.generate is not None
+        store_dtype = _TORCH[job.store_dtype]
+        idx = range(unit.lo, unit.hi)
+        torch.manual_seed(o.seed + unit.index)  # sampling depends only on the shard: resumable
+        prompts = [tokens.ids[i] for i in idx]
+        traces: list[Trace | None] = [None] * len(idx)
+        for bidx in length_sorted_batches([len(p) for p in prompts], job.batch_size):
+            batch = [prompts[j] for j in bidx]
+            gens = generate_batch(lm, batch, o.generate, o.temperature, o.top_p)
+            seqs = [p + g.answer_ids for p, g in zip(batch, gens, strict=True)]
+            hidden, attn = capture_sequences(lm, job.hooks, job.attention_layers, seqs)
+            for j, p, g, hid, att in zip(bidx, batch, gens, hidden, attn, strict=True):
+                traces[j] = _trace(idx[j], p, g, hid, att, o, lm, store_dtype)
+        files = self.writer().write_shard(unit.index, [t for t in traces if t is not None])
+        n_tok = sum(len(t.prompt_ids) + len(t.answer_ids) for t in traces if t)
+        return self.in_run(files), n_tok
 
 
 def _trace(

@@ -8,6 +8,7 @@ spliced into the model on held-out text. A result that is not sparse is said lou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -19,7 +20,9 @@ import numpy as np
 import torch
 
 from saelab.errors import SaelabError
-from saelab.models.hooks import HookPoint, parse_hooks
+from saelab.models.hooks import HookPoint, hook_point, select_hooks
+from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.inputs import model_depth
 from saelab.pipeline.train_loop import LoopConfig, progress_dict, run_loop
 from saelab.progress import say
 from saelab.run import RunFolder, config_hash
@@ -110,6 +113,11 @@ def _steps(o: TrainOptions, per_epoch: int) -> int:
 
 
 def run_train(o: TrainOptions) -> dict[str, dict[str, Any]]:
+    with flags_in_errors(f.name for f in dataclasses.fields(o)):
+        return _run_train(o)
+
+
+def _run_train(o: TrainOptions) -> dict[str, dict[str, Any]]:
     """Train one SAE per hook; return the metrics per hook."""
     run = RunFolder(o.run)
     if o.batch_size < 1:
@@ -129,7 +137,16 @@ def _train_store(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
             " or train with --stream"
         )
     store = open_activations(run.path)
-    hooks = _store_hooks(o.hooks, store.hooks)
+    hooks = [
+        h.name
+        for h in select_hooks(
+            o.hooks,
+            store.hooks,
+            model_depth(run, store.attrs.get("model"), store.hooks),
+            where="the activation store",
+            fix="extract it first or pick a stored hook",
+        )
+    ]
     results = {}
     for hook in hooks:
         src = store_source(store, hook, o.batch_size, o.seed, o.holdout)
@@ -167,19 +184,6 @@ def _train_store(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _store_hooks(spec: Any, stored: list[str]) -> list[str]:
-    if not spec:
-        return list(stored)
-    wanted = [h.name for h in parse_hooks(spec, 10_000)]
-    missing = [h for h in wanted if h not in stored]
-    if missing:
-        raise SaelabError(
-            f"the activation store has no {missing[0]} (it holds {', '.join(stored)}):"
-            " extract it first or pick a stored hook"
-        )
-    return wanted
-
-
 def _heldout_windows_from_store(store: Any, n_prompts: int, context: int) -> np.ndarray | None:
     """Windows for the spliced loss: held-out prompts (each starts with its BOS, as in
     training), truncated to a common length; None when they are too short to measure."""
@@ -197,8 +201,8 @@ def _train_stream(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
     from saelab.models.loading import load_model
 
     lm = load_model(o.model, device=o.device, quiet=o.quiet)
-    hooks: list[HookPoint] = parse_hooks(
-        o.hooks or "resid_post.6", lm.n_layers, lm.hook_for_module_path
+    hooks: list[HookPoint] = select_hooks(
+        o.hooks or "resid_post.6", None, lm.n_layers, lm.hook_for_module_path
     )
     corpus = o.corpus or STDLIB_SOURCE
     if o.epochs < 1:
@@ -339,7 +343,7 @@ def _finish(
     if o.splice and windows is not None and len(windows):
         lm = lm or _load_run_model(run, o)
         if lm is not None:
-            hp = parse_hooks(hook, lm.n_layers)[0]
+            hp = hook_point(hook)
             s = spliced_loss(lm, sae, hp, torch.as_tensor(windows), batch_size=4)
             metrics.update(
                 {k: s[k] for k in ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "kl_div")}

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from saelab.atomic import atomic_write_bytes
 from saelab.progress import Reporter
-from saelab.run import atomic_write_bytes
 from saelab.sae.metrics import ReconstructionStats
 from saelab.sae.train import SAETrainer
 

@@ -183,7 +183,7 @@ def encode_prompts(
             raise SaelabError("a stored prompt has no tokens; re-extract with longer prompts")
         return encode_rows(sae, rows[last], features)
     if positions not in ("max", "mean"):
-        raise SaelabError(f"--positions {positions!r} is not one of all, last, max, mean")
+        raise SaelabError(f"`positions` {positions!r} is not one of all, last, max, mean")
     cols = _columns(sae, features)
     narrow = _narrow(sae, cols) if cols is not None else None
     ids = cols.numpy() if cols is not None else None

@@ -255,14 +255,14 @@ def sparsity_verdict(summary: dict[str, Any], d_sae: int) -> list[str]:
         out.append(
             f"NOT SPARSE: mean L0 is {l0:.1f} active features per token, {l0 / d_sae:.0%} of"
             f" d_sae={d_sae} (want well under 10%): lower k (topk/batchtopk) or raise the"
-            " sparsity penalty (--l1 / --l0-coef)"
+            " sparsity penalty (`l1` / `l0_coef`)"
         )
     dense = summary.get("dense_fraction")
     thr = summary.get("dense_threshold", 0.1)
     if dense is not None and dense > 0.5:
         out.append(
             f"DENSE: {dense:.0%} of features fire on more than {thr:.0%} of tokens: lower k or"
-            " raise --l1 / --l0-coef, and lengthen the lr warm-up so the penalty is not"
+            " raise `l1` / `l0_coef`, and lengthen the lr warm-up so the penalty is not"
             " overwhelmed early"
         )
     dead = summary.get("dead_fraction")

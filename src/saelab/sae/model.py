@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from saelab.atomic import atomic_dir
 from saelab.errors import SaelabError
-from saelab.run import atomic_dir
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
@@ -96,7 +96,7 @@ class SAEConfig:
             self.k = None  # k means nothing to a JumpReLU or ReLU SAE
         elif self.k is None or not 1 <= self.k <= self.d_sae:
             raise SaelabError(
-                f"--k {self.k} must be between 1 and d_sae ({self.d_sae}) for a"
+                f"`k` {self.k} must be between 1 and d_sae ({self.d_sae}) for a"
                 f" {self.architecture} SAE"
             )
 

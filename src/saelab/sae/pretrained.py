@@ -42,15 +42,15 @@ def is_remote(location: str) -> bool:
 
 
 def expand_saes(spec: str, hooks: list[HookPoint] | None) -> list[SAESource]:
-    """Sources for `--saes`: a pattern with {L} (one per --hooks layer), a folder of per-hook
+    """Sources for a `saes` spec: a pattern with {L} (one per hook's layer), a folder of per-hook
     SAE folders (a trained run's `saes/`), or one SAE (local or hf://)."""
     spec = spec.strip()
     if not spec:
-        raise SaelabError("--saes is empty; give a folder, a file or hf://ORG/NAME/PATH")
+        raise SaelabError("`saes` is empty; give a folder, a file or hf://ORG/NAME/PATH")
     if "{L}" in spec or "{layer}" in spec:
         if not hooks:
             raise SaelabError(
-                f"--saes {spec} has a {{L}} pattern: say which layers with --hooks"
+                f"`saes` {spec} has a {{L}} pattern: say which layers with `hooks`"
                 " (e.g. resid_post.0-31)"
             )
         return [
@@ -63,12 +63,12 @@ def expand_saes(spec: str, hooks: list[HookPoint] | None) -> list[SAESource]:
         return _single(spec, hooks)
     p = Path(spec)
     if not p.exists():
-        raise SaelabError(f"--saes {spec} does not exist; give a folder, a file or hf://...")
+        raise SaelabError(f"`saes` {spec} does not exist; give a folder, a file or hf://...")
     if p.is_dir() and not _looks_like_sae(p):
         subs = sorted(d for d in p.iterdir() if d.is_dir() and _looks_like_sae(d))
         if not subs:
             raise SaelabError(
-                f"--saes {spec} holds no SAE (found {_listing(p)}); point it at an SAE folder"
+                f"`saes` {spec} holds no SAE (found {_listing(p)}); point it at an SAE folder"
                 " or a folder of per-hook SAE folders"
             )
         found = {d.name: d for d in subs}
@@ -76,8 +76,8 @@ def expand_saes(spec: str, hooks: list[HookPoint] | None) -> list[SAESource]:
             missing = [h.name for h in hooks if h.name not in found]
             if missing:
                 raise SaelabError(
-                    f"--saes {spec} has no SAE for {missing[0]} (it has"
-                    f" {', '.join(sorted(found))}); train it or drop it from --hooks"
+                    f"`saes` {spec} has no SAE for {missing[0]} (it has"
+                    f" {', '.join(sorted(found))}); train it or drop it from `hooks`"
                 )
             return [SAESource(str(found[h.name]), h.name, h.layer) for h in hooks]
         return [SAESource(str(d), d.name) for d in subs]
@@ -87,7 +87,7 @@ def expand_saes(spec: str, hooks: list[HookPoint] | None) -> list[SAESource]:
 def _single(spec: str, hooks: list[HookPoint] | None) -> list[SAESource]:
     if hooks and len(hooks) > 1:
         raise SaelabError(
-            f"--saes {spec} is one SAE but --hooks names {len(hooks)}; use a {{L}} pattern or a"
+            f"`saes` {spec} is one SAE but `hooks` names {len(hooks)}; use a {{L}} pattern or a"
             " folder of per-hook SAEs"
         )
     h = hooks[0] if hooks else None

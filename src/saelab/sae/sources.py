@@ -1,4 +1,4 @@
-"""Where training activations come from: the run's store, or the model itself (--stream).
+"""Where training activations come from: an activation store, or the model itself (streamed).
 
 Both sources hand out shuffled batches whose order is a pure function of (seed, step), so a
 run resumed from a checkpoint sees exactly the batches an uninterrupted run would have, and
@@ -33,8 +33,8 @@ def check_finite(
         row = int(bad.any(dim=-1).nonzero()[0])
         place = locate(row) if locate else f"row {row}"
         raise SaelabError(
-            f"activations of {hook} contain NaN or inf ({place}, {where}); re-extract them"
-            " with --dtype float32 or --store-dtype float32 and check the model"
+            f"activations of {hook} contain NaN or inf ({place}, {where}): the activations"
+            " themselves are broken; capture them again in float32 and check the model"
         )
 
 
@@ -97,7 +97,7 @@ class StoreSource:
         if per_epoch == 0:
             raise SaelabError(
                 f"{self.hook}: {len(self.rows)} training rows are fewer than one batch"
-                f" ({self.batch_size}); extract more prompts or lower --batch-size"
+                f" ({self.batch_size}); extract more prompts or lower `batch_size`"
             )
         step = 0
         epoch = 0
@@ -192,7 +192,7 @@ class StreamSource:
         if self.batches_per_buffer == 0 or n_buffers == 0:
             raise SaelabError(
                 f"{len(windows)} windows of {ctx} tokens are fewer than one batch of"
-                f" {batch_size} rows; use more --tokens or a smaller --batch-size"
+                f" {batch_size} rows; use more `tokens` or a smaller `batch_size`"
             )
 
     @property

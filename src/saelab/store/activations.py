@@ -96,16 +96,17 @@ class ActivationWriter:
         keep_bits: int | None = None,
         positions: str = "all",
         attrs: Mapping[str, Any] | None = None,
+        tidy: bool = True,
     ) -> None:
         self.root = Path(root)
         self._dt = check_dtype(dtype)
         self.keep_bits = check_keep_bits(keep_bits, self._dt)
         if positions not in POSITIONS:
-            raise SaelabError(f"--positions {positions!r} is not known; use one of {POSITIONS}")
+            raise SaelabError(f"`positions` {positions!r} is not known; use one of {POSITIONS}")
         self.positions = positions
         self.hooks = [str(h) for h in hooks]
         if not self.hooks or len(set(self.hooks)) != len(self.hooks):
-            raise SaelabError(f"hooks {self.hooks} must be non-empty and distinct; fix --hooks")
+            raise SaelabError(f"hooks {self.hooks} must be non-empty and distinct; fix `hooks`")
         for h in self.hooks:
             if "/" in h or h.startswith("__") or h in _RESERVED or not h.strip("."):
                 raise SaelabError(f"hook name {h!r} cannot be stored; use a canonical hook name")
@@ -126,7 +127,7 @@ class ActivationWriter:
                 "attrs": dict(attrs or {}),
             }
         )
-        init_shard_root(self.root, meta, read_root_meta(self.root), "activation store")
+        init_shard_root(self.root, meta, read_root_meta(self.root), "activation store", tidy)
 
     def has_shard(self, shard: int) -> bool:
         return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()

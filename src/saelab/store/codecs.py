@@ -78,7 +78,7 @@ def _numcodecs_classes() -> tuple[Any, Any]:
 def check_dtype(dtype: str) -> StoreDType:
     if dtype not in DTYPES:
         raise SaelabError(
-            f"--dtype {dtype!r} is not a storage dtype; use one of {', '.join(DTYPES)}"
+            f"`store_dtype` {dtype!r} is not a storage dtype; use one of {', '.join(DTYPES)}"
         )
     return DTYPES[dtype]
 
@@ -92,7 +92,7 @@ def check_keep_bits(keep_bits: int | None, dt: StoreDType) -> int | None:
         or not 1 <= keep_bits <= dt.mantissa_bits
     ):
         raise SaelabError(
-            f"--keep-bits {keep_bits!r} is out of range for {dt.name}; "
+            f"`keep_bits` {keep_bits!r} is out of range for {dt.name}; "
             f"use 1..{dt.mantissa_bits} (or leave it out for lossless storage)"
         )
     return int(keep_bits)
@@ -178,7 +178,7 @@ def encode_rows(x: Any, dt: StoreDType, keep_bits: int | None, hook: str) -> np.
         if overflow.any():
             raise SaelabError(
                 f"activations of {hook} reach {float(np.abs(src[overflow]).max()):.3g}, beyond "
-                "float16's range (65504); use --store-dtype bfloat16 or float32"
+                "float16's range (65504); use `store_dtype` bfloat16 or float32"
             )
     if dt.name == "bfloat16" and keep_bits is not None:
         out = round_bf16_bits(out, keep_bits)

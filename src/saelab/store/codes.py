@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from saelab.atomic import atomic_write_bytes, atomic_write_json
 from saelab.errors import SaelabError
-from saelab.run import atomic_write_bytes, atomic_write_json
 
 CODES_DIR = "codes"
 FORMAT = "saelab.codes"
@@ -58,7 +58,7 @@ class CodesWriter:
             diffs = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
             raise SaelabError(
                 f"{self.dir} holds codes made differently ({', '.join(diffs[:3])} differ);"
-                " use another --run or --overwrite"
+                " write these to another folder or remove the old ones first"
             )
         if old is None:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
-        raise SaelabError(f"{p} is damaged ({e}); encode again with --overwrite") from e
+        raise SaelabError(f"{p} is damaged ({e}); delete its folder and encode again") from e
 
 
 class HookCodes:
@@ -221,7 +221,7 @@ def read_run_prompts(run: Path) -> dict[str, list[Any]]:
 
     p = run / "prompts.parquet"
     if not p.is_file():
-        raise SaelabError(f"{run} has no prompts.parquet; run `saelab extract --run {run}` first")
+        raise SaelabError(f"{run} has no prompt table (prompts.parquet)")
     t = pq.read_table(p).to_pydict()
     n = len(t.get("text", []))
     return {
@@ -235,12 +235,12 @@ def open_codes(run: Path | str) -> Codes:
     """Open the codes of a run folder for reading."""
     p = Path(run)
     if not (p / CODES_DIR).is_dir():
-        raise SaelabError(f"no codes in {p}; run `saelab encode --run {p}` first")
+        raise SaelabError(f"no codes in {p} (no {CODES_DIR}/ folder)")
     return Codes(p)
 
 
 def parse_features(spec: str | Sequence[int] | None, d_sae: int | None = None) -> list[int] | None:
-    """`--features 645,1170,3-7` -> sorted unique ids; out of range is a one-line error."""
+    """`features` "645,1170,3-7" -> sorted unique ids; out of range is a one-line error."""
     if spec is None or spec == "":
         return None
     items: list[int] = []
@@ -255,14 +255,14 @@ def parse_features(spec: str | Sequence[int] | None, d_sae: int | None = None) -
                 items.append(int(part))
         except ValueError as e:
             raise SaelabError(
-                f"--features {spec!r}: {part!r} is not a feature id or range (e.g. 645,1170,3-7)"
+                f"`features` {spec!r}: {part!r} is not a feature id or range (e.g. 645,1170,3-7)"
             ) from e
     out = sorted(set(items))
     if out and out[0] < 0:
-        raise SaelabError(f"--features {spec!r}: feature ids are non-negative")
+        raise SaelabError(f"`features` {spec!r}: feature ids are non-negative")
     if d_sae is not None and out and out[-1] >= d_sae:
         raise SaelabError(
-            f"--features {spec!r}: feature {out[-1]} does not exist (the SAE has {d_sae},"
+            f"`features` {spec!r}: feature {out[-1]} does not exist (the SAE has {d_sae},"
             f" numbered 0-{d_sae - 1})"
         )
     return out

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from saelab.atomic import is_debris
 from saelab.errors import SaelabError
-from saelab.run import TMP_PREFIX
 from saelab.store.activations import STORE_DIR, read_root_meta
 from saelab.store.codecs import StoreDType, check_dtype, decode_rows, quiet_numcodecs
 
@@ -41,8 +41,7 @@ def open_activations(path: Path | str) -> ActivationStore:
     for root in (p, p / STORE_DIR):
         if read_root_meta(root) is not None:
             return ActivationStore(root)
-    run = p.parent if p.name == STORE_DIR else p
-    raise SaelabError(f"no activation store at {p}; run `saelab extract --run {run}` first")
+    raise SaelabError(f"no activation store at {p} (nor in its {STORE_DIR}/ folder)")
 
 
 class ActivationStore:
@@ -52,7 +51,7 @@ class ActivationStore:
         self.path = Path(root)
         meta = read_root_meta(self.path)
         if meta is None:
-            raise SaelabError(f"no activation store at {self.path}; run `saelab extract` first")
+            raise SaelabError(f"no activation store at {self.path}")
         self.hooks: list[str] = list(meta["hooks"])
         self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
         self.dtype: str = meta["dtype"]
@@ -148,7 +147,7 @@ class ActivationStore:
         sizes: dict[str, int] = {}
         for f in self.path.rglob("*"):
             rel = f.relative_to(self.path)
-            if f.is_file() and not any(part.startswith(TMP_PREFIX) for part in rel.parts):
+            if f.is_file() and not is_debris(rel):
                 sizes[rel.as_posix()] = f.stat().st_size
         hooks: dict[str, Any] = {}
         for h in self.hooks:

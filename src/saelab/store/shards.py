@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from saelab.atomic import atomic_dir, atomic_write_json, file_digest, remove_debris
 from saelab.errors import SaelabError
-from saelab.run import atomic_dir, atomic_write_json, file_digest, remove_debris
 from saelab.store.chunks import KEY_ENCODING, ChunkEncoder, write_chunks
 from saelab.store.codecs import ZSTD_LEVEL, compressors, quiet_numcodecs
 
@@ -166,11 +166,13 @@ def meta_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def init_shard_root(
-    root: Path, meta: dict[str, Any], old: dict[str, Any] | None, what: str
+    root: Path, meta: dict[str, Any], old: dict[str, Any] | None, what: str, tidy: bool = True
 ) -> None:
     """Create a store's root group (or check it holds the same metadata) and its empty
-    `shards` group, then clear what a killed writer left: the start every sharded writer
-    shares. A different configuration is refused naming the keys that differ."""
+    `shards` group, then (with `tidy`) clear what a killed writer left: the start every
+    sharded writer shares. Only one process should tidy: with several writing shards at once,
+    another's temporary folder is work in progress, not debris. A different configuration is
+    refused naming the keys that differ."""
     if old is None:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(root / "zarr.json", group_json({"saelab": meta}))
@@ -182,5 +184,6 @@ def init_shard_root(
     if not (shards / "zarr.json").is_file():
         shards.mkdir(exist_ok=True)
         atomic_write_json(shards / "zarr.json", group_json({}))
-    remove_debris(root)
-    remove_debris(shards)
+    if tidy:
+        remove_debris(root)
+        remove_debris(shards)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from saelab.atomic import is_debris
 from saelab.errors import SaelabError
-from saelab.run import TMP_PREFIX
 from saelab.store.chunks import ChunkReader
 from saelab.store.codecs import check_dtype, decode_rows
 from saelab.store.traces import (
@@ -38,10 +38,7 @@ def open_traces(path: Path | str) -> TraceStore:
     for root in (p, p / TRACES_DIR):
         if read_trace_meta(root) is not None:
             return TraceStore(root)
-    run = p.parent if p.name == TRACES_DIR else p
-    raise SaelabError(
-        f"no generation traces at {p}; record them with `saelab extract --generate N --run {run}`"
-    )
+    raise SaelabError(f"no generation traces at {p} (nor in its {TRACES_DIR}/ folder)")
 
 
 def _stats(x: np.ndarray) -> dict[str, float | int | None]:
@@ -151,8 +148,8 @@ class TraceStore:
     def require_attentions(self) -> None:
         if not self.attention_layers:
             raise SaelabError(
-                f"run {self.run} was recorded without attentions; re-run "
-                "`saelab extract --generate N --attentions LAYERS`"
+                f"trace store {self.path} was recorded without attentions; record them by"
+                " naming `attentions` layers"
             )
 
     def check_layer(self, layer: int) -> int:
@@ -225,9 +222,10 @@ class TraceStore:
         split = {"hidden": 0, "attentions": 0, "tokens": 0, "meta": 0}
         per_array: dict[str, int] = {}
         for f in self.path.rglob("*"):
-            rel = f.relative_to(self.path).parts
-            if not f.is_file() or any(p.startswith(TMP_PREFIX) for p in rel):
+            rel_path = f.relative_to(self.path)
+            if not f.is_file() or is_debris(rel_path):
                 continue
+            rel = rel_path.parts
             size = f.stat().st_size
             name = rel[2] if len(rel) > 3 and rel[0] == "shards" else ""
             per_array[name] = per_array.get(name, 0) + size

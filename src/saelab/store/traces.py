@@ -166,17 +166,18 @@ class TraceWriter:
         n_heads: int | None = None,
         heads: Sequence[int] | None = None,
         attrs: Mapping[str, Any] | None = None,
+        tidy: bool = True,
     ) -> None:
         self.root = Path(root)
         self._dt = check_dtype(dtype)
         self._adt = attention_dtype(self._dt)
         self.keep_bits = check_keep_bits(keep_bits, self._dt)
         if positions not in POSITIONS:
-            raise SaelabError(f"--positions {positions!r} is not known for traces; use {POSITIONS}")
+            raise SaelabError(f"`positions` {positions!r} is not known for traces; use {POSITIONS}")
         self.positions = positions
         self.hooks = [str(h) for h in hooks]
         if len(set(self.hooks)) != len(self.hooks):
-            raise SaelabError(f"hooks {self.hooks} must be distinct; fix --hooks")
+            raise SaelabError(f"hooks {self.hooks} must be distinct; fix `hooks`")
         for h in self.hooks:
             reserved = h in TOKEN_ARRAYS or h in (META_FILE, "zarr.json", "shards")
             if "/" in h or h.startswith(("__", ATTN_PREFIX)) or reserved or not h.strip("."):
@@ -199,7 +200,7 @@ class TraceWriter:
             bad = [h for h in self.heads if not 0 <= h < self.n_heads]
             if bad or not self.heads or len(set(self.heads)) != len(self.heads):
                 raise SaelabError(
-                    f"--heads {self.heads}: give distinct heads numbered 0-{self.n_heads - 1}"
+                    f"`heads` {self.heads}: give distinct heads numbered 0-{self.n_heads - 1}"
                 )
         meta = normalise_meta(
             {
@@ -220,7 +221,7 @@ class TraceWriter:
                 "attrs": dict(attrs or {}),
             }
         )
-        init_shard_root(self.root, meta, read_trace_meta(self.root), "trace store")
+        init_shard_root(self.root, meta, read_trace_meta(self.root), "trace store", tidy)
 
     def has_shard(self, shard: int) -> bool:
         return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()

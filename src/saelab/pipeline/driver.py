@@ -1,0 +1,142 @@
+"""The one loop every stage runs through: bind the configuration, skip what is done, run the
+rest on an executor, record each unit, finish.
+
+    run_stage(stage)                       # local executor
+    run_stage(stage, LocalExecutor(worker))
+
+The rules, the same for every stage:
+- a run folder keeps the configuration that made each stage: another one is refused, naming
+  what differs, unless `--overwrite`, which removes the stage's outputs first (`RunFolder`);
+- a unit counts as done when its record is in the manifest and its files are all there with
+  the recorded size; anything else runs (again), so a killed run resumes;
+- the driver alone writes manifest.json: a unit's record (files and hashes, bytes, seconds,
+  peak RSS, worker, and the stage's info) once it is complete, the stage's wall time, peak
+  memory and disk at the end;
+- a stage that fails before any of its units is recorded leaves run.toml and manifest.json
+  as they were (a refused command changes nothing there; `--overwrite` has removed outputs);
+- a stage's errors speak of its options as flags (its config is its command line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from typing import Any
+
+from saelab import __version__
+from saelab.atomic import atomic_write_bytes
+from saelab.budget.measure import PeakSampler, dir_size, gpu_peak_bytes, process_peak_rss
+from saelab.pipeline.executors import Executor, make_executor
+from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.stage import Done, Stage
+from saelab.progress import Reporter, say
+from saelab.run import RunFolder, config_hash
+
+
+def run_stage(stage: Stage[Any], executor: Executor | None = None) -> Any:
+    """Run `stage` (after the stages it requires) and return its result."""
+    executor = executor or make_executor(stage.config)
+    with flags_in_errors(stage.config.field_names()):
+        return _run(stage, executor)
+
+
+def _run(stage: Stage[Any], executor: Executor) -> Any:
+    t0 = time.perf_counter()
+    for dep in stage.requires():
+        say(f"[bold]{stage.name}: first {dep.name} (its input)[/bold]", stage.config.quiet)
+        run_stage(dep, executor)
+    with PeakSampler() as sampler:
+        binding = stage.prepare()
+        stage._binding = binding
+        run = stage.run
+        changes = run.config_changes(stage.name, binding, sections=stage.sections)
+        if not stage.config.overwrite:
+            run.refuse_changes(stage.name, changes)
+        with _rollback_unless_recorded(run) as progress:
+            if stage.config.overwrite:
+                _clear(stage, list(binding) if stage.sections else None)
+            run.write_binding(stage.name, binding, sections=stage.sections)
+            units = stage.units()
+            records = {u.key: r for u in units if (r := run.verified_unit(stage.name, u.key))}
+            todo = [u for u in units if u.key not in records]
+            if not todo and run.stage(stage.name).get("complete"):
+                measured = run.stage(stage.name).get("measured", {})
+                return stage.finish(Done(records, [], True, measured)).value
+            run.update_stage(
+                stage.name,
+                complete=False,
+                config_hash=config_hash(binding),
+                saelab=__version__,
+                **stage.fields,
+            )
+            stage.setup()
+            total = sum(u.size for u in units)
+            done = sum(u.size for u in units if u.key in records)
+            with Reporter(
+                stage.name,
+                total=total,
+                unit=stage.progress or "units",
+                quiet=stage.config.quiet or stage.progress is None,
+                done=done,
+            ) as rep:
+                for unit, rec in executor.run(stage, todo):
+                    run.record_unit(stage.name, unit.key, rec)
+                    records[unit.key] = rec
+                    progress.append(unit.key)
+                    rep.advance(unit.size, int(rec.get("tokens", 0)))
+        wall = time.perf_counter() - t0
+    measured = {
+        "wall_seconds": wall,
+        "peak_rss_bytes": process_peak_rss(),
+        "peak_rss_sampled_bytes": sampler.peak,
+        "peak_gpu_bytes": gpu_peak_bytes(),
+        "disk_bytes": _disk(stage),
+    }
+    ordered = {u.key: records[u.key] for u in units}
+    finished = stage.finish(Done(ordered, progress, False, measured))
+    run.update_stage(stage.name, complete=True, measured=measured, **finished.fields)
+    return finished.value
+
+
+def _disk(stage: Stage[Any]) -> int:
+    """Bytes of everything the stage owns in the run folder."""
+    total = 0
+    for rel in stage.outputs():
+        p = stage.run.path / rel
+        total += dir_size(p) if p.is_dir() else (p.stat().st_size if p.is_file() else 0)
+    return total
+
+
+def _clear(stage: Stage[Any], sections: list[str] | None) -> None:
+    """`--overwrite`: remove the stage's outputs (of these sections) and forget their units."""
+    run = stage.run
+    paths = stage.outputs(sections)
+    for rel in paths:
+        p = run.path / rel
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+    if sections is None:
+        run.reset_stage(stage.name)
+    else:
+        run.drop_units(stage.name, paths)
+
+
+@contextlib.contextmanager
+def _rollback_unless_recorded(run: RunFolder):  # noqa: ANN202
+    """Restore run.toml and manifest.json if the block fails before recording any unit."""
+    files = (run.config_path, run.manifest_path)
+    saved = {p: p.read_bytes() if p.is_file() else None for p in files}
+    recorded: list[str] = []
+    try:
+        yield recorded
+    except BaseException:
+        if not recorded:
+            for p, data in saved.items():
+                if data is None:
+                    p.unlink(missing_ok=True)
+                else:
+                    atomic_write_bytes(p, data)
+        raise

@@ -1,0 +1,62 @@
+"""Executors run a stage's units and hand each one's record back to the driver.
+
+`local` runs them one after another in this process, with one `Worker` whose cache keeps the
+model (and other heavy resources) loaded across units. A Ray executor plugs in here: one
+actor per worker holding its own `Worker`, each unit shipped as `(stage.parts(), unit)` and
+run by `execute_unit`, its record (paths, hashes, small info) sent back; the driver alone
+writes the manifest. Results do not depend on the executor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from saelab.budget.measure import PeakSampler
+from saelab.pipeline.options import StageOptions, check_executor
+from saelab.pipeline.stage import Stage, Unit, Worker
+
+
+class Executor(Protocol):
+    """Runs units; yields (unit, record) as each completes, in any order."""
+
+    name: str
+
+    def run(self, stage: Stage[Any], units: Sequence[Unit]) -> Iterator[tuple[Unit, dict]]: ...
+
+
+def execute_unit(stage: Stage[Any], unit: Unit, worker: Worker) -> dict[str, Any]:
+    """Run one unit and measure it: the uniform manifest record of that unit."""
+    with PeakSampler() as rss:
+        t0 = time.perf_counter()
+        result = stage.run_unit(unit, worker)
+        seconds = time.perf_counter() - t0
+    size = sum((stage.run.path / rel).stat().st_size for rel in result.files)
+    return {
+        "files": dict(sorted(result.files.items())),
+        "bytes": size,
+        "seconds": round(seconds, 3),
+        "peak_rss": rss.peak,
+        "worker": worker.name,
+        **result.info,
+    }
+
+
+class LocalExecutor:
+    """Units one after another in this process, sharing one worker cache."""
+
+    name = "local"
+
+    def __init__(self, worker: Worker | None = None) -> None:
+        self.worker = worker or Worker()
+
+    def run(self, stage: Stage[Any], units: Sequence[Unit]) -> Iterator[tuple[Unit, dict]]:
+        for unit in units:
+            yield unit, execute_unit(stage, unit, self.worker)
+
+
+def make_executor(options: StageOptions, worker: Worker | None = None) -> Executor:
+    """The executor a stage's options ask for."""
+    check_executor(options.executor)
+    return LocalExecutor(worker)

@@ -1,0 +1,82 @@
+"""Options declared once: each stage's config is a pydantic model whose fields, with their
+descriptions, ARE the command's options (`saelab.cli_params` builds the command from them).
+
+`StageOptions` holds what every stage takes (run folder, overwrite, budgets, executor);
+`option(...)` declares a field with its help text and, where the flag is not simply the field
+name, its command-line spelling. A newcomer finds the one field behind any flag by its name:
+`--max-disk` is `max_disk`, declared here; `--k` is `TrainConfig.k` in pipeline/train.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from saelab.budget.planner import Budget
+from saelab.errors import SaelabError
+from saelab.units import parse_size
+
+EXECUTORS = ("local",)  # "ray" joins here with --ray-address and --workers
+
+
+def option(
+    default: Any = ...,
+    help: str = "",
+    *decls: str,
+    argument: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A config field and its command-line option: `help` is its one description; `decls`
+    spell the flag when it is not `--field-name` (e.g. "--bos/--no-bos"); `argument` makes
+    it positional; `cli=False` keeps it out of the command (set elsewhere, e.g. --quiet on
+    the app)."""
+    extra = {"decls": list(decls), "argument": argument, "cli": cli}
+    return Field(default, description=help, json_schema_extra=extra)
+
+
+class Options(BaseModel):
+    """Base of every command's options: unknown names are refused, values are checked."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    quiet: bool = option(False, "no progress output", "--quiet", "-q", cli=False)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return list(cls.model_fields)
+
+
+class RunOptions(Options):
+    """A command that works on a run folder."""
+
+    run: str | None = option(None, "run folder (where the stage reads and writes)")
+
+
+class StageOptions(RunOptions):
+    """What every stage takes: where it runs, whether to start again, budgets, executor."""
+
+    overwrite: bool = option(False, "start this stage of the run folder again")
+    max_memory: str | None = option(None, "RAM budget, e.g. 4GB")
+    max_gpu_memory: str | None = option(None, "GPU memory budget, e.g. 8GB")
+    max_disk: str | None = option(None, "disk budget for what the stage writes, e.g. 20GB")
+    executor: str = option("local", "where units run: local (in this process)")
+
+    def budget(self) -> Budget:
+        """The budget flags as sizes (a typo fails here, before anything runs)."""
+        return Budget(
+            parse_size(self.max_memory, "--max-memory"),
+            parse_size(self.max_gpu_memory, "--max-gpu-memory"),
+            parse_size(self.max_disk, "--max-disk"),
+        )
+
+    def run_folder(self) -> str:
+        if not self.run:
+            raise SaelabError("--run is needed: name the run folder this stage works on")
+        return self.run
+
+
+def check_executor(name: str) -> str:
+    if name not in EXECUTORS:
+        raise SaelabError(f"--executor {name!r} is not one of {', '.join(EXECUTORS)}")
+    return name
