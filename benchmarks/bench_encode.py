@@ -128,9 +128,9 @@ def part2(a) -> dict:
     import torch
 
     from saelab.hub import Fetcher
-    from saelab.pipeline.encode import EncodeOptions, run_encode
+    from saelab.pipeline.encode import EncodeConfig, run_encode
     from saelab.pipeline.extract import run_extract
-    from saelab.pipeline.extract_job import ExtractOptions
+    from saelab.pipeline.extract_job import ExtractConfig
     from saelab.sae.encode import encode_prompts
     from saelab.sae.formats import load_local
     from saelab.store import open_activations
@@ -165,7 +165,7 @@ def part2(a) -> dict:
         hooks = f"resid_post.0-{layers - 1}"
         run = tmp / "run"
         run_extract(
-            ExtractOptions(
+            ExtractConfig(
                 prompts=str(prompts), hooks=hooks, run=str(run), quiet=True, store_dtype="float32"
             )
         )
@@ -174,7 +174,7 @@ def part2(a) -> dict:
         with server:
             t0 = time.perf_counter()
             res = run_encode(
-                EncodeOptions(saes=pattern, run=str(run), hooks=hooks, evict=True, quiet=True)
+                EncodeConfig(saes=pattern, run=str(run), hooks=hooks, evict=True, quiet=True)
             )
             t_layer = time.perf_counter() - t0
             rows.append(

@@ -126,7 +126,7 @@ class DenseTopK:
 
 
 def sparse_ev(trainer, x) -> float:
-    from saelab.pipeline.train_loop import heldout_ev
+    from saelab.sae.loop import heldout_ev
 
     return heldout_ev(trainer, x)["explained_variance"]
 
@@ -233,14 +233,14 @@ def part1(a, torch_threads: int) -> dict:
 def part2(a) -> dict:
     from saelab.data.corpus import STDLIB_SOURCE
     from saelab.pipeline.extract import run_extract
-    from saelab.pipeline.extract_job import ExtractOptions
-    from saelab.pipeline.train import TrainOptions, run_train
+    from saelab.pipeline.extract_job import ExtractConfig
+    from saelab.pipeline.train import TrainConfig, run_train
 
     tokens = 16_384 if a.quick else 65_536
     common = dict(hooks=HOOK, d_sae=D_SAE, k=K, splice=False, quiet=True, patience=0)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run_train(TrainOptions(run=f"{tmp}/stream", stream=True, corpus=STDLIB_SOURCE,
+        run_train(TrainConfig(run=f"{tmp}/stream", stream=True, corpus=STDLIB_SOURCE,
                                tokens=tokens, **common))  # fmt: skip
         t_stream = time.perf_counter() - t0
         prompts = Path(tmp) / "p.jsonl"
@@ -252,11 +252,11 @@ def part2(a) -> dict:
                 break
         prompts.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
         t0 = time.perf_counter()
-        run_extract(ExtractOptions(prompts=str(prompts), hooks=HOOK, run=f"{tmp}/store",
+        run_extract(ExtractConfig(prompts=str(prompts), hooks=HOOK, run=f"{tmp}/store",
                                    quiet=True, store_dtype="float32"))  # fmt: skip
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = run_train(TrainOptions(run=f"{tmp}/store", tokens=tokens, **common))
+        res = run_train(TrainConfig(run=f"{tmp}/store", tokens=tokens, **common))
         t_store = time.perf_counter() - t0
         stored = res[HOOK]["train_tokens"]
     rows = [

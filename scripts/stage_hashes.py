@@ -2,15 +2,17 @@
 """Run a demo-sized pipeline and print the sha256 of every file each stage wrote.
 
 Used to prove that a refactor leaves every stage's outputs byte-identical: run it on the code
-before and after the change (same machine, same thread count) and compare the two listings.
+before and after the change (same machine, same thread count, same OUT folder: codes record
+the SAE's path) and compare the two listings.
 
-    python scripts/stage_hashes.py OUT                 # this checkout's src/
-    python scripts/stage_hashes.py OUT --src OTHER/src # another checkout, e.g. a main export
-    diff OUT_A/hashes.txt OUT_B/hashes.txt
+    python scripts/stage_hashes.py OUT --src OTHER/src --label before   # e.g. a main export
+    python scripts/stage_hashes.py OUT --label after                    # this checkout's src/
+    diff OUT/before.txt OUT/after.txt
 
-The bookkeeping files (`manifest.json`: timings and unit records; `run.toml`: the resolved
-configuration) and the export's absolute paths are left out; every stage output (zarr chunks
-and metadata, safetensors, cfg.json, parquet tables, json summaries, patch parts) is listed.
+The runs go to OUT/runs (emptied first). The bookkeeping files (`manifest.json`: timings and
+unit records; `run.toml`: the resolved configuration) and training checkpoints (scratch, with
+timings inside) are left out; every stage output (zarr chunks and metadata, safetensors,
+cfg.json, parquet tables, json summaries, patch parts) is listed.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ import time
 from pathlib import Path
 
 SKIP = {"manifest.json", "run.toml"}
+SKIP_DIRS = {"checkpoints"}
 
 
-def commands(out: Path) -> list[list[str]]:
+def commands(out: Path, run_flag: bool) -> list[list[str]]:
+    """The demo pipeline; `run_flag`: the code names the run folder with --run in every
+    command (older code took it as the first argument of contrast, export and patch)."""
     x, s, t = str(out / "x"), str(out / "s"), str(out / "t")
+    xr = ["--run", x] if run_flag else [x]
     return [
         # extract: three hooks over the built-in two-style prompts (the activation store)
         ["extract", "--prompts", "builtin:styles", "--limit", "32", "--hooks",
@@ -44,13 +50,13 @@ def commands(out: Path) -> list[list[str]]:
         # encode the store with the SAE trained on it
         ["encode", "--run", x, "--saes", f"{x}/saes", "--quiet"],
         # contrast both sources
-        ["contrast", x, "--groups", "formal,casual", "--pool", "max", "--quiet"],
-        ["contrast", x, "--groups", "formal,casual", "--pool", "mean", "--source", "activations",
+        ["contrast", *xr, "--groups", "formal,casual", "--pool", "max", "--quiet"],
+        ["contrast", *xr, "--groups", "formal,casual", "--pool", "mean", "--source", "activations",
          "--hooks", "resid_post.3", "--quiet"],
         # export chosen features
-        ["export", x, "--features", "0,1,2", "--format", "json", "--out", f"{x}/export.json"],
+        ["export", *xr, "--features", "0,1,2", "--format", "json", "--out", f"{x}/export.json"],
         # patch: a sweep over contrast's strongest features
-        ["patch", x, "--sweep", "top:1", "--values", "0,@20", "--generate", "3",
+        ["patch", *xr, "--sweep", "top:1", "--values", "0,@20", "--generate", "3",
          "--targets", " the, a", "--outcome", "excl=!", "--quiet"],
         # extract --generate: generation traces with attention maps
         ["extract", "--prompts", "builtin:styles", "--limit", "5", "--generate", "4",
@@ -66,26 +72,32 @@ def digest(path: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="empty folder for the runs and hashes.txt")
+    ap.add_argument("out", type=Path, help="folder for the runs and the listing")
+    ap.add_argument("--label", default="hashes", help="the listing is OUT/LABEL.txt")
     ap.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src")
     ap.add_argument("--python", default=sys.executable)
     a = ap.parse_args()
-    if a.out.exists():
-        shutil.rmtree(a.out)
-    a.out.mkdir(parents=True)
+    runs = a.out / "runs"
+    if runs.exists():
+        shutil.rmtree(runs)
+    runs.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(a.src.resolve()), "OMP_NUM_THREADS": "2"}
     env.pop("SAELAB_DEBUG", None)
-    for cmd in commands(a.out):
+    helped = subprocess.run([a.python, "-m", "saelab", "contrast", "--help"], env=env,
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    for cmd in commands(runs, "--run" in helped.stdout):
         t0 = time.perf_counter()
         subprocess.run([a.python, "-m", "saelab", *cmd], env=env, check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         print(f"{time.perf_counter() - t0:6.1f} s  saelab {' '.join(cmd[:2])}", file=sys.stderr)
     lines = []
-    for p in sorted(a.out.rglob("*")):
-        if p.is_file() and p.name not in SKIP and p.name != "hashes.txt":
-            lines.append(f"{digest(p)}  {p.relative_to(a.out).as_posix()}")
-    (a.out / "hashes.txt").write_text("\n".join(lines) + "\n")
-    print(f"{len(lines)} files hashed into {a.out / 'hashes.txt'}", file=sys.stderr)
+    for p in sorted(runs.rglob("*")):
+        rel = p.relative_to(runs)
+        if p.is_file() and p.name not in SKIP and not SKIP_DIRS & set(rel.parts):
+            lines.append(f"{digest(p)}  {rel.as_posix()}")
+    listing = a.out / f"{a.label}.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    print(f"{len(lines)} files hashed into {listing}", file=sys.stderr)
 
 
 if __name__ == "__main__":

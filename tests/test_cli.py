@@ -96,11 +96,11 @@ def test_extract_show_and_a_changed_configuration(capsys, tmp_path):
     code, out, err = cli(capsys, *base)
     assert code == 0, err
     assert "activations:" in out and "open_activations" in out
-    code, out, _ = cli(capsys, "show", run)
+    code, out, _ = cli(capsys, "show", "--run", run)
     assert code == 0 and "blocks.1.hook_resid_post" in out and "plan vs measured" in out
     code, _, err = cli(capsys, *base[:-3], "--hooks", "resid_post.2", "--run", run, "--quiet")
     assert_one_line_error(code, err, "different extract configuration", "--overwrite")
-    code, _, err = cli(capsys, "show", str(tmp_path / "nothing"))
+    code, _, err = cli(capsys, "show", "--run", str(tmp_path / "nothing"))
     assert_one_line_error(code, err, "does not exist")
 
 

@@ -14,10 +14,10 @@ from scipy import stats as ss
 
 from saelab.cli import main
 from saelab.errors import SaelabError
-from saelab.pipeline.contrast import ContrastOptions, run_contrast
-from saelab.pipeline.encode import EncodeOptions, run_encode
+from saelab.pipeline.contrast import ContrastConfig, run_contrast
+from saelab.pipeline.encode import EncodeConfig, run_encode
 from saelab.pipeline.extract import run_extract
-from saelab.pipeline.extract_job import ExtractOptions
+from saelab.pipeline.extract_job import ExtractConfig
 from saelab.store import open_codes
 from tests.cli_errors import cli, one_line
 from tests.test_encode import random_sae
@@ -31,13 +31,13 @@ def styles_run(smol, tmp_path_factory) -> tuple[Path, Path]:
     random JumpReLU SAEs: (run, folder of the SAEs)."""
     root = tmp_path_factory.mktemp("contrast")
     run = root / "run"
-    opts = ExtractOptions(prompts="builtin:styles", hooks="resid_post.3,resid_post.7",
+    opts = ExtractConfig(prompts="builtin:styles", hooks="resid_post.3,resid_post.7",
                           run=str(run), quiet=True, store_dtype="float32")  # fmt: skip
     run_extract(opts, lm=smol)
     saes = root / "saes"
     for i, hook in enumerate(HOOKS):
         random_sae("jumprelu", hook, d_sae=512, seed=10 + i).save(saes / hook)
-    run_encode(EncodeOptions(saes=str(saes), run=str(run), quiet=True))
+    run_encode(EncodeConfig(saes=str(saes), run=str(run), quiet=True))
     return run, saes
 
 
@@ -62,7 +62,7 @@ def pooled(run: Path, hook: str, how: str) -> np.ndarray:
 @pytest.mark.parametrize("pool", ["max", "mean", "last"])
 def test_statistics_equal_scipy_on_the_pooled_codes(styles_run, tmp_path, pool):
     run = fresh(styles_run, tmp_path)
-    summary = run_contrast(ContrastOptions(run=str(run), groups="formal,casual", pool=pool,
+    summary = run_contrast(ContrastConfig(run=str(run), groups="formal,casual", pool=pool,
                                            min_active=3, quiet=True))  # fmt: skip
     t = pq.read_table(run / "stats" / "contrast.parquet").to_pandas()
     assert len(t) == 2 * 512 and set(t["hook"]) == set(HOOKS)
@@ -104,20 +104,36 @@ def _ids(run: Path) -> list[str]:
 
 def test_raw_activations_separate_the_styles_and_query_lists_them(styles_run, tmp_path, capsys):
     run = fresh(styles_run, tmp_path)
-    s = run_contrast(ContrastOptions(run=str(run), groups="formal,casual", pool="mean",
+    s = run_contrast(ContrastConfig(run=str(run), groups="formal,casual", pool="mean",
                                      source="activations", quiet=True))  # fmt: skip
     assert s["significant"] > 0 and s["hooks"][HOOKS[0]]["features"] == 576
     # the SAE result lands beside the raw-activation baseline, not over it
-    run_contrast(ContrastOptions(run=str(run), groups="formal,casual", quiet=True))
+    run_contrast(ContrastConfig(run=str(run), groups="formal,casual", quiet=True))
     both = pq.read_table(run / "stats" / "contrast.parquet").to_pandas()
     assert both.groupby("source").size().to_dict() == {"activations": 2 * 576, "codes": 2 * 512}
     assert (run / "stats" / "contrast_summary_activations.json").is_file()
     capsys.readouterr()
-    main(["query", str(run), "SELECT hook, feature, q FROM contrast WHERE significant ORDER BY q"])
+    main(
+        [
+            "query",
+            "--run",
+            str(run),
+            "SELECT hook, feature, q FROM contrast WHERE significant ORDER BY q",
+        ]
+    )
     out = capsys.readouterr().out
     assert "blocks." in out and "feature" in out
     csv = tmp_path / "sig.csv"
-    main(["query", str(run), "SELECT p.id, p.group FROM prompts p LIMIT 3", "--out", str(csv)])
+    main(
+        [
+            "query",
+            "--run",
+            str(run),
+            "SELECT p.id, p.group FROM prompts p LIMIT 3",
+            "--out",
+            str(csv),
+        ]
+    )
     lines = csv.read_text().splitlines()
     assert lines[0] == "id,group" and lines[1].startswith("formal-00")
 
@@ -134,15 +150,15 @@ def test_bad_input_is_one_line(styles_run, tmp_path, capsys):
         (["--groups", "formal,casual", "--hooks", "resid_post.9"], ["blocks.9"]),
     ]
     for extra, fragments in cases:
-        code, err = cli(capsys, "contrast", str(run), "--quiet", *extra)
+        code, err = cli(capsys, "contrast", "--run", str(run), "--quiet", *extra)
         one_line(code, err, *fragments)
     assert not (run / "stats").exists()
-    code, err = cli(capsys, "query", str(run), "SELECT nope FROM prompts")
+    code, err = cli(capsys, "query", "--run", str(run), "SELECT nope FROM prompts")
     assert code != 0 and "query failed" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SaelabError, match="needs codes of every token"):
         last = tmp_path / "last"
         shutil.copytree(styles_run[0], last)
         shutil.rmtree(last / "codes")
-        run_encode(EncodeOptions(saes=str(styles_run[1]), run=str(last), positions="last",
+        run_encode(EncodeConfig(saes=str(styles_run[1]), run=str(last), positions="last",
                                  overwrite=True, quiet=True))  # fmt: skip
-        run_contrast(ContrastOptions(run=str(last), groups="formal,casual", pool="max", quiet=True))
+        run_contrast(ContrastConfig(run=str(last), groups="formal,casual", pool="max", quiet=True))

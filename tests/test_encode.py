@@ -13,10 +13,10 @@ import torch
 
 from saelab.cli import main
 from saelab.errors import SaelabError
-from saelab.pipeline.encode import EncodeOptions, run_encode
-from saelab.pipeline.export import run_export
+from saelab.pipeline.encode import EncodeConfig, run_encode
+from saelab.pipeline.export import ExportConfig, run_export
 from saelab.pipeline.extract import run_extract
-from saelab.pipeline.extract_job import ExtractOptions
+from saelab.pipeline.extract_job import ExtractConfig
 from saelab.sae import SAE, SAEConfig
 from saelab.store import open_activations
 from saelab.store.codes import open_codes
@@ -51,7 +51,7 @@ def store_run(smol, tmp_path_factory) -> Path:
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "text": t, "group": "ab"[i % 2]}) + "\n"
                                for i, t in enumerate(texts)))  # fmt: skip
     run = root / "run"
-    run_extract(ExtractOptions(prompts=str(prompts), hooks=HOOKS, run=str(run), quiet=True,
+    run_extract(ExtractConfig(prompts=str(prompts), hooks=HOOKS, run=str(run), quiet=True,
                                store_dtype="float32", shard_size=8), lm=smol)  # fmt: skip
     return run
 
@@ -92,7 +92,7 @@ def expected(sae: SAE, store, hook: str, positions: str, feats=None) -> np.ndarr
 @pytest.mark.parametrize("positions", ["all", "last", "max", "mean"])
 def test_codes_equal_sae_encode_on_the_stored_activations(store_run, saes, tmp_path, positions):
     run = copy_run(store_run, tmp_path / "run")
-    res = run_encode(EncodeOptions(saes=str(saes), run=str(run), positions=positions, quiet=True))
+    res = run_encode(EncodeConfig(saes=str(saes), run=str(run), positions=positions, quiet=True))
     assert set(res.hooks) == set(NAMES)
     store = open_activations(run)
     codes = open_codes(run)
@@ -118,7 +118,7 @@ def test_codes_equal_sae_encode_on_the_stored_activations(store_run, saes, tmp_p
 def test_chosen_features_only_and_export(store_run, saes, tmp_path):
     run = copy_run(store_run, tmp_path / "run")
     feats = [3, 17, 200, 511]
-    run_encode(EncodeOptions(saes=str(saes), run=str(run), features="3,17,200,511", quiet=True))
+    run_encode(EncodeConfig(saes=str(saes), run=str(run), features="3,17,200,511", quiet=True))
     store = open_activations(run)
     codes = open_codes(run)
     for hook in NAMES:
@@ -127,22 +127,22 @@ def test_chosen_features_only_and_export(store_run, saes, tmp_path):
         assert set(np.unique(m.indices)) <= set(feats)
         want = expected(sae, store, hook, "all", feats)
         np.testing.assert_allclose(m[:, feats].toarray(), want, rtol=1e-5, atol=1e-5)
-    path = run_export(str(run), features="3,200", fmt="json")
+    path = run_export(ExportConfig(run=str(run), features="3,200", format="json"))
     items = json.loads(path.read_text())
     assert len(items) == store.n_prompts and items[0]["id"] == "q0"
     first = items[1]
     assert len(first["token_ids"]) == len(first["features"][NAMES[0]]["3"])
     assert first["tokens"][0] == "<|im_start|>"
-    npz = np.load(run_export(str(run), features="3,200", fmt="npz"))
+    npz = np.load(run_export(ExportConfig(run=str(run), features="3,200", format="npz")))
     vals = npz[f"{NAMES[1]}/values"]
     assert vals.shape == (store.n_rows, 2)
     with pytest.raises(SaelabError, match="feature 4 was not kept"):
-        run_export(str(run), features="4", fmt="json")
+        run_export(ExportConfig(run=str(run), features="4", format="json"))
 
 
 def test_a_killed_encode_resumes_at_the_first_missing_shard(store_run, saes, tmp_path):
     run = copy_run(store_run, tmp_path / "run")
-    run_encode(EncodeOptions(saes=str(saes), run=str(run), quiet=True))
+    run_encode(EncodeConfig(saes=str(saes), run=str(run), quiet=True))
     whole = {p.relative_to(run): p.read_bytes() for p in (run / "codes").rglob("*.safetensors")}
     # as if killed during the second hook: one of its shards and the record of it are gone
     (run / "codes" / NAMES[1] / "00001.safetensors").unlink()
@@ -150,7 +150,7 @@ def test_a_killed_encode_resumes_at_the_first_missing_shard(store_run, saes, tmp
     del manifest["stages"]["encode"]["units"][NAMES[1]]
     (run / "manifest.json").write_text(json.dumps(manifest))
     stamp = (run / "codes" / NAMES[1] / "00000.safetensors").stat().st_mtime_ns
-    run_encode(EncodeOptions(saes=str(saes), run=str(run), quiet=True))
+    run_encode(EncodeConfig(saes=str(saes), run=str(run), quiet=True))
     again = {p.relative_to(run): p.read_bytes() for p in (run / "codes").rglob("*.safetensors")}
     assert again == whole
     assert (run / "codes" / NAMES[1] / "00000.safetensors").stat().st_mtime_ns == stamp
@@ -158,9 +158,9 @@ def test_a_killed_encode_resumes_at_the_first_missing_shard(store_run, saes, tmp
 
 def test_show_lists_the_codes(store_run, saes, tmp_path, capsys):
     run = copy_run(store_run, tmp_path / "run")
-    run_encode(EncodeOptions(saes=str(saes), run=str(run), positions="last", quiet=True))
+    run_encode(EncodeConfig(saes=str(saes), run=str(run), positions="last", quiet=True))
     capsys.readouterr()
-    main(["show", str(run)])
+    main(["show", "--run", str(run)])
     out = capsys.readouterr().out
     assert "codes (RUN/codes/<hook>), positions last" in out
     assert NAMES[0] in out and "saelens" in out
@@ -192,6 +192,6 @@ def test_bad_input_is_one_line_and_writes_no_codes(store_run, saes, tmp_path, ca
         one_line(code, err, *fragments)
         assert not any((run / "codes").rglob("*.safetensors")), extra
     # an SAE made for another hook is used with a warning when not --strict
-    res = run_encode(EncodeOptions(saes=str(other), run=str(run), hooks="resid_post.2",
+    res = run_encode(EncodeConfig(saes=str(other), run=str(run), hooks="resid_post.2",
                                    overwrite=True, quiet=True))  # fmt: skip
     assert res.hooks[NAMES[0]]["rows"] > 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from saelab.errors import BudgetError, SaelabError
-from saelab.pipeline.encode import EncodeOptions, run_encode
+from saelab.pipeline.encode import EncodeConfig, run_encode
 from saelab.sae import SAE
 from saelab.store import open_activations
 from saelab.store.codes import open_codes
@@ -85,7 +85,7 @@ def test_each_release_gives_the_codes_of_the_same_weights(store_run, hub, tmp_pa
     saes = jumprelu_saes()
     pattern = release(hub.root, saes)
     run = copy_run(store_run, tmp_path / "run")
-    res = run_encode(EncodeOptions(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
+    res = run_encode(EncodeConfig(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
                                    positions="max", quiet=True))  # fmt: skip
     assert res.fetch["downloads"] >= 2
     store, codes = open_activations(run), open_codes(run)
@@ -102,7 +102,7 @@ def test_layer_major_fetches_each_file_once_and_evicts(store_run, hub, tmp_path)
     sizes = [(hub.root / "org/gemma-like-res" / f"layer_{L}/width_1k/average_l0_9/params.npz")
              .stat().st_size for L in LAYERS]  # fmt: skip
     run = copy_run(store_run, tmp_path / "run")
-    res = run_encode(EncodeOptions(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
+    res = run_encode(EncodeConfig(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
                                    evict=True, quiet=True))  # fmt: skip
     for L in LAYERS:  # 20 prompts in 3 shards: still one download per layer
         assert (
@@ -113,7 +113,7 @@ def test_layer_major_fetches_each_file_once_and_evicts(store_run, hub, tmp_path)
     assert cache_bytes(hub) == 0  # evicted: blobs and links gone
     # a second run finds every hook encoded and fetches nothing
     n = len(hub.requests)
-    again = run_encode(EncodeOptions(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
+    again = run_encode(EncodeConfig(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
                                      evict=True, quiet=True))  # fmt: skip
     assert again.fetch["downloads"] == 0 and len(hub.requests) == n
 
@@ -122,7 +122,7 @@ def test_a_disk_budget_below_one_layer_is_refused_before_any_byte(store_run, hub
     pattern = gemma_release(hub.root, jumprelu_saes(d_sae=2048))
     run = copy_run(store_run, tmp_path / "run")
     with pytest.raises(BudgetError, match="--max-disk"):
-        run_encode(EncodeOptions(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
+        run_encode(EncodeConfig(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
                                  max_disk="1MB", quiet=True))  # fmt: skip
     assert not any(m == "GET" and "params.npz" in p for m, p in hub.requests)
     assert not (run / "codes").exists() or not any((run / "codes").rglob("*.safetensors"))
@@ -132,9 +132,9 @@ def test_a_release_path_that_does_not_exist_is_named(store_run, hub, tmp_path): 
     gemma_release(hub.root, jumprelu_saes())
     run = copy_run(store_run, tmp_path / "run")
     with pytest.raises(SaelabError, match="no SAE found there"):
-        run_encode(EncodeOptions(saes="hf://org/gemma-like-res/layer_{L}/width_9k", run=str(run),
+        run_encode(EncodeConfig(saes="hf://org/gemma-like-res/layer_{L}/width_9k", run=str(run),
                                  hooks="resid_post.2", quiet=True))  # fmt: skip
     with pytest.raises(SaelabError, match="org/missing"):
-        run_encode(EncodeOptions(saes="hf://org/missing/x", run=str(run), hooks="resid_post.2",
+        run_encode(EncodeConfig(saes="hf://org/missing/x", run=str(run), hooks="resid_post.2",
                                  quiet=True))  # fmt: skip
     shutil.rmtree(run)

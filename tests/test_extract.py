@@ -13,7 +13,7 @@ from saelab.errors import BudgetError, SaelabError
 from saelab.models import HookPoint, tokenize_prompts
 from saelab.models.capture import capture_prompts
 from saelab.pipeline.extract import run_extract
-from saelab.pipeline.extract_job import ExtractOptions
+from saelab.pipeline.extract_job import ExtractConfig
 from saelab.run import RunFolder
 from saelab.store import open_activations
 
@@ -36,7 +36,7 @@ def prompts_file(tmp_path):
 def opts(run, prompts, **kw):
     base = dict(prompts=str(prompts), hooks=HOOKS, run=str(run), quiet=True, device="cpu")
     base.update(kw)
-    return ExtractOptions(**base)
+    return ExtractConfig(**base)
 
 
 def test_store_holds_exactly_what_the_model_computes(smol, tmp_path, prompts_file):

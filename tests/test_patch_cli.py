@@ -9,8 +9,8 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from saelab.pipeline.contrast import ContrastOptions, run_contrast
-from saelab.pipeline.patch import PatchOptions, run_patch
+from saelab.pipeline.contrast import ContrastConfig, run_contrast
+from saelab.pipeline.patch import PatchConfig, run_patch
 from tests.cli_errors import cli, one_line
 from tests.test_contrast import styles_run  # noqa: F401
 
@@ -19,7 +19,7 @@ from tests.test_contrast import styles_run  # noqa: F401
 def patch_run(styles_run, tmp_path):  # noqa: F811
     run = tmp_path / "run"
     shutil.copytree(styles_run[0], run)
-    run_contrast(ContrastOptions(run=str(run), groups="formal,casual", min_active=3, quiet=True))
+    run_contrast(ContrastConfig(run=str(run), groups="formal,casual", min_active=3, quiet=True))
     prompts = tmp_path / "few.jsonl"
     few = [("f0", "The committee has postponed the meeting.", "formal"),
            ("c0", "heads up, the meeting is off lol", "casual"),
@@ -35,7 +35,7 @@ def test_sweep_results_summary_and_resume(patch_run):
     run, prompts, saes = patch_run
     opts = dict(run=str(run), sweep="top:2", values="0,@4", saes=str(saes), prompts=str(prompts),
                 generate=3, targets=" the, a", outcome=["comma=,"], quiet=True)  # fmt: skip
-    out = run_patch(PatchOptions(**opts))
+    out = run_patch(PatchConfig(**opts))
     res = pq.read_table(run / "patch" / "results.parquet").to_pandas()
     assert len(res) == (2 * 2 + 1) * 4 and set(res["group"]) == {"formal", "casual"}
     base = res[res["edit"] == "baseline"]
@@ -49,7 +49,7 @@ def test_sweep_results_summary_and_resume(patch_run):
     parts = sorted((run / "patch" / "parts").glob("*.json"))
     assert len(parts) == 4
     parts[0].unlink()
-    again = run_patch(PatchOptions(**opts))
+    again = run_patch(PatchConfig(**opts))
     assert [r["text"] for r in again["results"]] == [r["text"] for r in out["results"]]
 
 
@@ -68,6 +68,6 @@ def test_bad_input_is_one_line(styles_run, tmp_path, capsys):  # noqa: F811
         (["--sweep", "best:3"], ["top:N"]),
     ]
     for extra, fragments in cases:
-        code, err = cli(capsys, "patch", str(run), "--saes", saes, "--quiet", *extra)
+        code, err = cli(capsys, "patch", "--run", str(run), "--saes", saes, "--quiet", *extra)
         one_line(code, err, *fragments, lower=True)
     assert not (run / "patch").exists()

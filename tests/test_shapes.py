@@ -12,10 +12,9 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 from saelab.errors import SaelabError
+from saelab.models.builtin_shapes import builtin_names, builtin_shape
 from saelab.models.shapes import (
     ModelShape,
-    builtin_names,
-    builtin_shape,
     read_gguf_header,
     shape_from_config,
     shape_from_gguf,

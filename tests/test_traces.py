@@ -12,7 +12,7 @@ from saelab.errors import SaelabError
 from saelab.models import HookPoint, tokenize_prompts
 from saelab.models.capture import HookCapture, make_batch
 from saelab.pipeline.extract import run_extract
-from saelab.pipeline.extract_job import ExtractOptions
+from saelab.pipeline.extract_job import ExtractConfig
 from saelab.run import RunFolder
 from tests.conftest import rel_err
 
@@ -44,7 +44,7 @@ def opts(run, prompts, **kw):
         shard_size=2,
     )
     base.update(kw)
-    return ExtractOptions(**base)
+    return ExtractConfig(**base)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_show_describes_traces(greedy_run, capsys):
     from saelab.cli import main
 
     try:
-        main(["show", str(greedy_run)])
+        main(["show", "--run", str(greedy_run)])
     except SystemExit as e:
         assert not e.code
     out = capsys.readouterr().out

@@ -19,8 +19,8 @@ import torch
 from saelab.atomic import tree_digests
 from saelab.errors import SaelabError
 from saelab.pipeline.extract import run_extract
-from saelab.pipeline.extract_job import ExtractOptions
-from saelab.pipeline.train import TrainOptions, run_train
+from saelab.pipeline.extract_job import ExtractConfig
+from saelab.pipeline.train import TrainConfig, run_train
 from saelab.run import RunFolder
 from saelab.sae import SAE
 from saelab.store import open_activations
@@ -51,7 +51,7 @@ def store_run(smol, tmp_path_factory) -> Path:
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(60)))
     run = root / "run"
     run_extract(
-        ExtractOptions(
+        ExtractConfig(
             prompts=str(prompts), hooks=HOOKS, run=str(run), quiet=True, store_dtype="float32"
         ),
         lm=smol,
@@ -66,7 +66,7 @@ def _copy(run: Path, dest: Path) -> Path:
 
 def test_train_from_the_store_leaves_loadable_saes_and_honest_metrics(store_run, tmp_path, capsys):
     run = _copy(store_run, tmp_path / "run")
-    res = run_train(TrainOptions(run=str(run), epochs=4, holdout=6, **{**SMALL, "quiet": False}))
+    res = run_train(TrainConfig(run=str(run), epochs=4, holdout=6, **{**SMALL, "quiet": False}))
     out = capsys.readouterr().out
     assert set(res) == {"blocks.3.hook_resid_post", "blocks.5.hook_resid_post"}
     store = open_activations(run)
@@ -97,13 +97,13 @@ def test_train_from_the_store_leaves_loadable_saes_and_honest_metrics(store_run,
     assert not any((run / "checkpoints" / "train").glob("*.pt"))
     # a second call finds the work done and changes nothing
     before = {h: (run / "saes" / h / "sae_weights.safetensors").read_bytes() for h in res}
-    again = run_train(TrainOptions(run=str(run), epochs=4, holdout=6, **SMALL))
+    again = run_train(TrainConfig(run=str(run), epochs=4, holdout=6, **SMALL))
     assert again.keys() == res.keys()
     for h in res:
         assert (run / "saes" / h / "sae_weights.safetensors").read_bytes() == before[h]
     # another configuration is refused and changes nothing
     with pytest.raises(SaelabError, match="another configuration.*--overwrite"):
-        run_train(TrainOptions(run=str(run), epochs=4, holdout=6, **{**SMALL, "k": 4}))
+        run_train(TrainConfig(run=str(run), epochs=4, holdout=6, **{**SMALL, "k": 4}))
     for h in res:
         assert (run / "saes" / h / "sae_weights.safetensors").read_bytes() == before[h]
 
@@ -145,7 +145,7 @@ def test_stream_trains_every_hook_from_one_pass(tmp_path):
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(120)))
     run = tmp_path / "run"
     res = run_train(
-        TrainOptions(
+        TrainConfig(
             run=str(run),
             stream=True,
             corpus=str(corpus),

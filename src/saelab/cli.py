@@ -1,23 +1,35 @@
-"""The `saelab` command: one subcommand per stage; parses, calls the pipeline, prints.
+"""The `saelab` command: one subcommand per stage, each generated from the stage's config
+(`saelab.cli_params`), so every option is the one documented field behind it.
 
-A user's mistake (SaelabError) prints one line and exits non-zero; `--debug` shows the
-traceback. Progress and status go to stderr, results to stdout.
+A user's mistake (SaelabError) prints one line and exits non-zero, naming options as the
+flags the user typed; `--debug` shows the traceback. Progress and status go to stderr,
+results to stdout. `--quiet` and `--debug` are the app's own options (`saelab --quiet
+extract ...`); written after the subcommand they are still understood.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Any
 
+import click
 import typer
 
+from saelab.cli_params import DEBUG, QUIET, command
 from saelab.errors import SaelabError
+from saelab.pipeline.contrast import ContrastConfig, run_contrast
+from saelab.pipeline.demo import DemoConfig, run_demo
+from saelab.pipeline.encode import EncodeConfig, describe_encode, run_encode
+from saelab.pipeline.export import ExportConfig, run_export
+from saelab.pipeline.extract import describe_result, run_extract
+from saelab.pipeline.extract_job import ExtractConfig
 from saelab.pipeline.flags import as_flags
-
-if TYPE_CHECKING:
-    from saelab.pipeline.extract_job import ExtractConfig
+from saelab.pipeline.patch import PatchConfig, run_patch
+from saelab.pipeline.plan import PlanConfig, plan_extract, record_plan, render_plan
+from saelab.pipeline.query import QueryConfig, run_query
+from saelab.pipeline.show import ShowConfig, show_run
+from saelab.pipeline.train import TrainConfig, run_train
 
 app = typer.Typer(
     add_completion=False,
@@ -26,257 +38,75 @@ app = typer.Typer(
     help="Sparse-autoencoder experiments on language models, planned to fit the machine.",
 )
 
-# -- options shared by plan and extract (each documented once) -----------------------------
-Model = Annotated[
-    str, typer.Option(help="'default' (SmolLM2-135M-Instruct), a HF id, a folder or a .gguf")
-]
-Prompts = Annotated[
-    str | None,
-    typer.Option(
-        help="txt (one per line) / jsonl / csv / parquet with a text column; "
-        "default: the built-in demo prompts"
-    ),
-]
-TextColumn = Annotated[str, typer.Option(help="column holding the prompt text")]
-Limit = Annotated[int | None, typer.Option(help="use only the first N prompts")]
-Hooks = Annotated[
-    str,
-    typer.Option(
-        help="hook points: resid_post.12, resid_post.0-29, mlp_out.*, "
-        "blocks.5.hook_resid_mid, model.layers.3 (comma-separated)"
-    ),
-]
-Positions = Annotated[str, typer.Option(help="all | last | mean; with --generate: all | generated")]
-Dtype = Annotated[str, typer.Option(help="model compute dtype: float32, float16, bfloat16, int8")]
-StoreDtype = Annotated[
-    str,
-    typer.Option(
-        help="stored dtype: auto (float16; bfloat16 for Gemma), float16, bfloat16, float32"
-    ),
-]
-KeepBits = Annotated[
-    int | None, typer.Option(help="lossy: keep N mantissa bits (smaller store; default lossless)")
-]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, mps")]
-BatchSize = Annotated[str, typer.Option(help="prompts per batch, or 'auto' (largest that fits)")]
-MaxLength = Annotated[int | None, typer.Option(help="truncate prompts to N tokens")]
-Bos = Annotated[bool, typer.Option("--bos/--no-bos", help="start every prompt with BOS")]
-DropBos = Annotated[bool, typer.Option(help="do not store the BOS position")]
-PaddingSide = Annotated[str, typer.Option(help="right | left (results are the same)")]
-ShardSize = Annotated[int | None, typer.Option(help="prompts per shard (unit of resume)")]
-Run = Annotated[str | None, typer.Option(help="run folder (default runs/<prompts>-<model>)")]
-MaxMemory = Annotated[str | None, typer.Option(help="RAM budget, e.g. 4GB")]
-MaxGpuMemory = Annotated[str | None, typer.Option(help="GPU memory budget, e.g. 8GB")]
-MaxDisk = Annotated[str | None, typer.Option(help="disk budget for the run, e.g. 20GB")]
-Overwrite = Annotated[bool, typer.Option(help="start the run folder's stage again")]
-Chat = Annotated[bool, typer.Option(help="wrap each prompt in the model's chat template")]
-Generate = Annotated[
-    int | None, typer.Option(help="record generation traces: up to N new tokens per prompt")
-]
-Temperature = Annotated[float, typer.Option(help="sampling temperature (0 = greedy)")]
-TopP = Annotated[float, typer.Option(help="nucleus sampling threshold")]
-Seed = Annotated[int, typer.Option(help="sampling seed")]
-Stop = Annotated[
-    list[str] | None,
-    typer.Option(help="the cleaned answer ends before this text (repeatable)"),
-]
-Attentions = Annotated[
-    str | None, typer.Option(help="record attention maps of these layers: 0,5,10-12 or all")
-]
-Heads = Annotated[str | None, typer.Option(help="keep only these heads of --attentions")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
-Debug = Annotated[bool, typer.Option(help="show tracebacks")]
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
 
 
-def _options(**kw: Any) -> ExtractConfig:
-    from saelab.pipeline.extract_job import ExtractConfig
-
-    kw.pop("debug", None)
-    return ExtractConfig(**kw)
+@app.callback()
+def _app(ctx: typer.Context, quiet: QUIET = False, debug: DEBUG = False) -> None:
+    ctx.obj = {"quiet": quiet, "debug": debug}
 
 
-@app.command()
-def extract(
-    model: Model = "default",
-    prompts: Prompts = None,
-    text_column: TextColumn = "text",
-    limit: Limit = None,
-    hooks: Hooks = "resid_post.*",
-    positions: Positions = "all",
-    dtype: Dtype = "float32",
-    store_dtype: StoreDtype = "auto",
-    keep_bits: KeepBits = None,
-    device: Device = "auto",
-    batch_size: BatchSize = "auto",
-    max_length: MaxLength = None,
-    bos: Bos = True,
-    drop_bos: DropBos = False,
-    padding_side: PaddingSide = "right",
-    chat: Chat = False,
-    generate: Generate = None,
-    temperature: Temperature = 0.0,
-    top_p: TopP = 1.0,
-    seed: Seed = 0,
-    stop: Stop = None,
-    attentions: Attentions = None,
-    heads: Heads = None,
-    shard_size: ShardSize = None,
-    run: Run = None,
-    max_memory: MaxMemory = None,
-    max_gpu_memory: MaxGpuMemory = None,
-    max_disk: MaxDisk = None,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-    debug: Debug = False,
-) -> None:
-    """Capture activations of hook points over prompts into the run's store (resumable).
-
-    With --generate N, record generation traces instead: each prompt's answer, and the hidden
-    states (and, with --attentions, attention maps) over prompt and answer.
-    """
-    opts = _options(**locals())
-    from saelab.pipeline.extract import describe_result, run_extract
-
-    result = run_extract(opts)
-    typer.echo(describe_result(result))
+def _extract(cfg: ExtractConfig) -> None:
+    typer.echo(describe_result(run_extract(cfg)))
 
 
-def _options_of(template: Any, drop: tuple[str, ...] = (), add: tuple[Any, ...] = ()) -> Any:
-    """Give a command the same options as `template`, minus `drop`, plus `add`.
-
-    typer reads options from the function signature; `plan` takes every option of `extract`
-    (it plans exactly that run), so the signature is copied rather than written twice.
-    """
-
-    def wrap(fn: Any) -> Any:
-        params = [
-            p
-            for p in inspect.signature(template, eval_str=True).parameters.values()
-            if p.name not in drop
-        ]
-        params[-2:-2] = list(add)  # before --quiet and --debug
-        fn.__signature__ = inspect.Signature(params, return_annotation=None)
-        fn.__annotations__ = {p.name: p.annotation for p in params}
-        return fn
-
-    return wrap
-
-
-_CALIBRATE = inspect.Parameter(
-    "calibrate",
-    inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    default=True,
-    annotation=Annotated[
-        bool, typer.Option(help="time a few real batches (else: FLOP estimate, no weights)")
-    ],
-)
-
-
-@app.command()
-@_options_of(extract, drop=("overwrite",), add=(_CALIBRATE,))
-def plan(**kw: Any) -> None:
-    """Say how much memory, disk and time extract needs, and whether it fits."""
-    calibrate = kw.pop("calibrate")
-    opts = _options(**kw)
-    from saelab.pipeline.plan import plan_extract, record_plan, render_plan
-
-    result, _ = plan_extract(opts, calibrate=calibrate)
+def _plan(cfg: PlanConfig) -> None:
+    result, _ = plan_extract(cfg, calibrate=cfg.calibrate)
     render_plan(result)
-    if kw["run"] is not None or result.job.run.exists():
+    if cfg.run is not None or result.job.run.exists():
         record_plan(result)
     if not result.verdict.fits:
         raise typer.Exit(3)
 
 
-@app.command()
-def train(
-    run: Annotated[str, typer.Option(help="run folder (its activation store, or --stream)")],
-    hooks: Annotated[
-        str | None, typer.Option(help="hooks to train (default: every stored hook)")
-    ] = None,
-    arch: Annotated[str, typer.Option(help="topk | batchtopk | jumprelu | relu")] = "topk",
-    expansion: Annotated[int | None, typer.Option(help="d_sae = expansion x d_in")] = 8,
-    d_sae: Annotated[int | None, typer.Option(help="latents (overrides --expansion)")] = None,
-    k: Annotated[int | None, typer.Option(help="active latents per token (topk, batchtopk)")] = 32,
-    l1: Annotated[float, typer.Option(help="relu: L1 coefficient")] = 0.2,
-    l0_coef: Annotated[float, typer.Option(help="jumprelu: L0 coefficient")] = 2e-3,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 4e-4,
-    batch_size: Annotated[int, typer.Option(help="tokens per step")] = 1024,
-    tokens: Annotated[
-        int | None,
-        typer.Option(
-            help="training tokens (default: --epochs over the data; --stream reads"
-            " tokens/epochs of the corpus, 250,000 without --tokens)"
-        ),
-    ] = None,
-    epochs: Annotated[int, typer.Option(help="passes over the data")] = 1,
-    seed: Annotated[int, typer.Option(help="initialisation and data order")] = 0,
-    dtype: Annotated[str, typer.Option(help="encoder matmul: float32 | bfloat16")] = "float32",
-    device: Device = "cpu",
-    patience: Annotated[
-        int | None, typer.Option(help="stop after N evaluations without EV gain (0: never)")
-    ] = 3,
-    eval_every: Annotated[int | None, typer.Option(help="steps between evaluations")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="steps between checkpoints")] = None,
-    holdout: Annotated[int, typer.Option(help="held-out prompts / windows")] = 32,
-    stream: Annotated[bool, typer.Option(help="capture from the model over --corpus")] = False,
-    corpus: Annotated[
-        str | None, typer.Option(help="--stream text: txt/jsonl/parquet file or folder")
-    ] = None,
-    model: Model = "default",
-    context: Annotated[int, typer.Option(help="--stream: tokens per window")] = 128,
-    text_column: TextColumn = "text",
-    splice: Annotated[bool, typer.Option(help="measure CE loss recovered in the model")] = True,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-    debug: Debug = False,
-) -> None:
-    """Train SAEs (TopK, BatchTopK, JumpReLU, ReLU-L1) per hook; resumable; honest metrics."""
-    kw = {k_: v for k_, v in locals().items() if k_ != "debug"}
-    from saelab.pipeline.train import TrainOptions, run_train
-
-    run_train(TrainOptions(**kw))
+def _encode(cfg: EncodeConfig) -> None:
+    typer.echo(describe_encode(run_encode(cfg), str(cfg.run)))
 
 
-@app.command()
-def show(
-    run: Annotated[str, typer.Argument(help="run folder")],
-    debug: Debug = False,
-) -> None:
-    """Describe a run: its stages, its activation store, plan against measurement."""
-    from saelab.pipeline.show import show_run
-
-    show_run(run)
+def _export(cfg: ExportConfig) -> None:
+    typer.echo(f"wrote {run_export(cfg)}")
 
 
-@app.command()
-def demo(
-    run: Annotated[str, typer.Option(help="run folder")] = "runs/demo",
-    hooks: Hooks = "resid_post.0-29",
-    quiet: Quiet = False,
-    debug: Debug = False,
-) -> None:
-    """The main job on the default model: plan, extract, train, encode, contrast."""
-    from saelab.pipeline.demo import run_demo
-
-    run_demo(run=run, hooks=hooks, quiet=quiet)
+def _needs_run(cfg: Any) -> str:
+    if not cfg.run:
+        raise SaelabError("--run is needed: name the run folder")
+    return str(cfg.run)
 
 
-from saelab import cli_analysis  # noqa: E402,F401  (registers encode, export, contrast, query)
+COMMANDS: list[tuple[str, type, Any]] = [
+    ("plan", PlanConfig, _plan),
+    ("extract", ExtractConfig, _extract),
+    ("train", TrainConfig, run_train),
+    ("encode", EncodeConfig, _encode),
+    ("export", ExportConfig, _export),
+    ("contrast", ContrastConfig, run_contrast),
+    ("query", QueryConfig, lambda c: run_query(_needs_run(c), c.sql, out=c.out, limit=c.limit)),
+    ("patch", PatchConfig, run_patch),
+    ("show", ShowConfig, lambda c: show_run(_needs_run(c))),
+    ("demo", DemoConfig, lambda c: run_demo(run=str(c.run), hooks=c.hooks, quiet=c.quiet)),
+]
+for _name, _config, _handler in COMMANDS:
+    app.command(_name)(command(_config, _handler))
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """`saelab extract ... --quiet` as `saelab --quiet extract ...`: the app's own flags
+    are understood after the subcommand too."""
+    flags = [a for a in args if a in GLOBAL_FLAGS]
+    return [*flags, *(a for a in args if a not in GLOBAL_FLAGS)]
 
 
 def _options_of_command(args: list[str]) -> list[str]:
     """The option names of the subcommand in `args`, to write lower layers' field names as
     the flags the user typed."""
-    group = typer.main.get_command(app)
     name = next((a for a in args if not a.startswith("-")), "")
-    cmd = getattr(group, "commands", {}).get(name)
-    return [p.name for p in getattr(cmd, "params", []) if p.name]
+    config = next((c for n, c, _ in COMMANDS if n == name), None)
+    return config.field_names() if config is not None else []
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: SaelabError -> one line on stderr and a non-zero exit (unless --debug)."""
-    args = sys.argv[1:] if argv is None else argv
+    args = hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args or os.environ.get("SAELAB_DEBUG") == "1"
     try:
         rc = app(args=args, prog_name="saelab", standalone_mode=False)
@@ -293,8 +123,6 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors carry their own exit code and message
-        import click
-
         if isinstance(e, click.exceptions.ClickException):
             e.show()
             sys.exit(e.exit_code)

@@ -28,8 +28,10 @@ from pathlib import Path
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
+import saelab.hub.cache as cache
+import saelab.hub.download as download
+import saelab.hub.remote as remote
 from saelab.errors import BudgetError, SaelabError
-from saelab.hub import cache, download, remote
 from saelab.hub.ledger import Entry, Ledger
 from saelab.hub.settings import HubSettings, current
 from saelab.progress import Reporter, say

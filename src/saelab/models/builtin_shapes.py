@@ -1,17 +1,12 @@
 """Built-in table of well-known model shapes, so plans for these models work offline.
 
-Split out of `saelab.models.shapes`: the table is data (one row per published config.json), not
-shape logic. `shapes` imports `builtin_shape` and `builtin_names` from here at import time and
-re-exports them, so this module imports `ModelShape` only inside `builtin_shape` to avoid an
-import cycle.
+Kept apart from `saelab.models.shapes`: the table is data (one row per published config.json),
+not shape logic; it builds `ModelShape`s from there.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from saelab.models.shapes import ModelShape
+from saelab.models.shapes import GATED, ModelShape
 
 # name: (family, layers, d_model, d_mlp, heads, kv_heads, head_dim, vocab, max_pos, tied),
 # from each model's published config.json (Gemma 3 4B: its text_config).
@@ -73,11 +68,9 @@ def builtin_shape(name: str) -> ModelShape | None:
     keeps the name it was asked under, resolved to the full id (Instruct variants share their
     base model's shape; Mistral v0.3 differs from v0.1/v0.2 by its 32768-token vocabulary).
     """
-    from saelab.models.shapes import _GATED, ModelShape  # lazy: shapes imports this module
-
     full = _lookup().get(name.strip().lower())
     if full is None:
         return None
     base = _ALIASES.get(full, full)
     fam, layers, d, f, h, kv, hd, vocab, pos, tied = _BUILTIN[base]
-    return ModelShape(full, fam, layers, d, f, h, kv, hd, vocab, pos, tied, fam in _GATED)
+    return ModelShape(full, fam, layers, d, f, h, kv, hd, vocab, pos, tied, fam in GATED)

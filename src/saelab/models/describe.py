@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saelab.errors import SaelabError
+from saelab.models.builtin_shapes import builtin_shape
 from saelab.models.loading import ModelSource, gguf_cache_path, resolve_spec
-from saelab.models.shapes import ModelShape, builtin_shape, shape_from_config, shape_from_gguf
+from saelab.models.shapes import ModelShape, shape_from_config, shape_from_gguf
 
 _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 

@@ -25,6 +25,8 @@ import torch
 from saelab.errors import SaelabError
 from saelab.models.adapters import Adapter, adapter_for
 from saelab.models.hooks import HookPoint
+from saelab.models.int8 import quantize_int8
+from saelab.progress import say
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -138,8 +140,6 @@ def convert_gguf(gguf: Path, quiet: bool = True) -> Path:
     if marker.is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from saelab.progress import say
 
     say(f"converting {gguf.name} to a cached safetensors folder (once; ~20 s)...", quiet)
     hush = contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext()
@@ -313,8 +313,6 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if dtype == "int8" and dev.type == "cpu":
-        from saelab.models.int8 import quantize_int8
-
         model = quantize_int8(model)
     elif "device_map" not in kwargs:
         model = model.to(dev)

@@ -5,8 +5,8 @@ needs a model's parameter count, per-layer size and FLOPs per token from nothing
 HF `config.json`, a GGUF header, or a table of well-known models shipped with saelab (so
 planning works offline). `ModelShape` holds those hyper-parameters and derives exact parameter
 counts (checked against `transformers` for every family), weight bytes per dtype and forward
-FLOPs. The GGUF header parser lives in `gguf_header` and the built-in table in
-`builtin_shapes`; both public functions are re-exported here.
+FLOPs. The GGUF header parser lives in `gguf_header` and the built-in table of well-known
+models in `builtin_shapes`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saelab.errors import SaelabError
-
-# `x as x` marks a re-export for linters: callers import these from saelab.models.shapes.
-from saelab.models.builtin_shapes import builtin_names as builtin_names
-from saelab.models.builtin_shapes import builtin_shape as builtin_shape
 from saelab.models.gguf_header import _STRING, _Array, read_gguf_header
 
 if TYPE_CHECKING:  # transformers is imported lazily: `import saelab.models.shapes` stays light
@@ -37,7 +33,7 @@ FAMILIES: tuple[str, ...] = (
     "gpt2",
     "gpt_neox",
 )
-_GATED = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"})
+GATED = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"})
 _LAYERNORM = frozenset({"gpt2", "gpt_neox"})  # LayerNorm with bias (2*d); others RMSNorm (d)
 _QK_NORM = frozenset({"qwen3", "gemma3"})
 _SANDWICH_NORMS = frozenset({"gemma2", "gemma3"})  # extra post-attention/post-MLP norms
@@ -305,7 +301,7 @@ def shape_from_config(config: Mapping[str, Any] | PretrainedConfig, name: str = 
         vocab_size=int(text.vocab_size),
         max_position=int(text.max_position_embeddings),
         tied_embeddings=bool(tied),
-        gated_mlp=fam in _GATED,
+        gated_mlp=fam in GATED,
         **bias,
     )
 
@@ -364,7 +360,7 @@ def shape_from_gguf(path: str | Path, name: str | None = None) -> ModelShape:
         vocab_size=vocab,
         max_position=key("context_length"),
         tied_embeddings="output.weight" not in tensors,
-        gated_mlp=fam in _GATED,
+        gated_mlp=fam in GATED,
         qkv_bias=qkv_bias,
         out_bias="blk.0.attn_output.bias" in tensors,
         mlp_bias="blk.0.ffn_up.bias" in tensors or "blk.0.ffn_down.bias" in tensors,

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from saelab.errors import SaelabError
+
 
 @dataclass
 class TokenizedPrompts:
@@ -42,8 +44,6 @@ def tokenize_prompts(
     bos = getattr(tokenizer, "bos_token_id", None)
     if chat:
         if not getattr(tokenizer, "chat_template", None):
-            from saelab.errors import SaelabError
-
             raise SaelabError("`chat`: this model's tokenizer has no chat template; drop `chat`")
         enc = []
         for t in texts:

@@ -1,4 +1,4 @@
-"""`saelab contrast RUN --groups A,B`: which features separate two groups of prompts.
+"""`saelab contrast --run RUN --groups A,B`: which features separate two groups of prompts.
 
 Per hook the pooled codes (or raw activations, `--source activations`) stream shard by shard
 into float64 group sums and a feature-major list of non-zeros (saelab.stats); every statistic
@@ -15,298 +15,191 @@ contrast_summary_activations.json for raw activations), and a printed table.
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
-import time
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from saelab.atomic import atomic_write_bytes, atomic_write_json
+from saelab.atomic import atomic_write_bytes
 from saelab.errors import SaelabError
 from saelab.models.hooks import select_hooks
 from saelab.pipeline.contrast_data import (
     POOLS,
+    Labels,
     activation_blocks,
     code_blocks,
     read_labels,
 )
-from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.contrast_report import (
+    STATS_DIR,
+    TABLE,
+    build_table,
+    print_table,
+    summarise,
+    summary_name,
+    write_outputs,
+)
+from saelab.pipeline.driver import run_stage
 from saelab.pipeline.inputs import model_depth
-from saelab.progress import Reporter, console, say
-from saelab.run import RunFolder
+from saelab.pipeline.options import StageOptions, option
+from saelab.pipeline.stage import Done, Finished, Stage, Unit, UnitResult, Worker, hashed
+from saelab.stats import TwoGroupAccumulator, two_group_stats
+from saelab.store import open_activations
+from saelab.store.codes import open_codes
 
-STAGE = "contrast"
-STATS_DIR = "stats"
-TABLE = "contrast.parquet"
-SUMMARY = "contrast_summary.json"
 SOURCES = ("codes", "activations")
+PARTS_DIR = f"{STATS_DIR}/contrast_parts"
 
 
-@dataclass
-class ContrastOptions:
-    run: str
-    groups: str
-    group_column: str = "group"
-    pool: str = "max"
-    hooks: str | None = None
-    min_active: int = 5
-    alpha: float = 0.05
-    source: str = "codes"
-    top: int = 20
-    quiet: bool = False
+class ContrastConfig(StageOptions):
+    """Which features separate two groups of prompts: Welch, Mann-Whitney, firing rates, BH."""
+
+    groups: str = option(..., "the two groups to compare, e.g. formal,casual")
+    group_column: str = option("group", "prompt column holding the group")
+    pool: str = option("max", "token codes -> one value: last | max | mean")
+    hooks: str | None = option(None, "hooks (default: all encoded)")
+    min_active: int = option(5, "test a feature only if it fires in N+ prompts (both groups)")
+    alpha: float = option(0.05, "false discovery rate")
+    source: str = option("codes", "codes | activations (raw hidden dimensions, a baseline)")
+    top: int = option(20, "strongest features to print and summarise")
 
 
-def run_contrast(o: ContrastOptions) -> dict[str, Any]:
-    with flags_in_errors(f.name for f in dataclasses.fields(o)):
-        return _run_contrast(o)
+@dataclass(frozen=True)
+class HookUnit(Unit):
+    """The statistics of one hook's features (`width` of them)."""
+
+    width: int = 0
 
 
-def _run_contrast(o: ContrastOptions) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    run = RunFolder(o.run)
-    if not run.path.is_dir():
-        raise SaelabError(f"run folder {o.run} does not exist; check the path")
-    if o.pool not in POOLS:
-        raise SaelabError(f"--pool {o.pool!r} is not one of {', '.join(POOLS)}")
-    if o.source not in SOURCES:
-        raise SaelabError(f"--source {o.source!r} is not one of {', '.join(SOURCES)}")
-    if not 0 < o.alpha < 1:
-        raise SaelabError(f"--alpha {o.alpha} must be between 0 and 1, e.g. 0.05")
-    if o.min_active < 1:
-        raise SaelabError(f"--min-active {o.min_active} must be at least 1")
-    labels = read_labels(run.path, o.groups, o.group_column)
-    hooks, blocks_of = _inputs(o, run)
-    per_hook: dict[str, dict[str, np.ndarray]] = {}
-    from saelab.stats import TwoGroupAccumulator, two_group_stats
+class ContrastStage(Stage[ContrastConfig]):
+    """Units: one hook each (its statistics, saved as a part); `finish` corrects across every
+    hook (BH needs them all) and writes the table and summary. Each source (codes, raw
+    activations) is a section of its own, so both results sit side by side."""
 
-    with Reporter("contrast", total=len(hooks), unit="hooks", quiet=o.quiet) as rep:
-        for hook, width in hooks:
-            acc = TwoGroupAccumulator(width)
-            for block in blocks_of(hook):
-                a = labels.in_a[block.prompt_index]
-                b = labels.in_b[block.prompt_index]
-                keep = a | b
-                if keep.any():
-                    acc.add(block.x[np.flatnonzero(keep)], a[keep])
-            per_hook[hook] = two_group_stats(acc, min_active=o.min_active)
-            rep.advance(1)
-    table = _table(o, per_hook)
-    summary = _summary(o, labels, per_hook, table)
-    _write(run, table, summary)
-    run.bind_config(STAGE, _conf(o), overwrite=True)
-    run.update_stage(STAGE, complete=True, seconds=round(time.perf_counter() - t0, 3))
-    _print(o, labels, table, summary)  # the result itself: printed even with --quiet
-    return summary
+    name = "contrast"
+    sections = True
+    progress = "hooks"
 
-
-def _conf(o: ContrastOptions) -> dict[str, Any]:
-    return {
-        "groups": o.groups,
-        "group_column": o.group_column,
-        "pool": o.pool,
-        "hooks": o.hooks or "",
-        "min_active": o.min_active,
-        "alpha": o.alpha,
-        "source": o.source,
-    }
-
-
-def _inputs(o: ContrastOptions, run: RunFolder) -> tuple[list[tuple[str, int]], Any]:
-    """(hook, width) pairs to test and a function hook -> pooled blocks."""
-    from saelab.store import open_activations
-
-    store = None
-    try:
-        store = open_activations(run.path)
-    except SaelabError:
-        if o.source == "activations":
-            raise
-    skip_first = bool(store and store.attrs.get("prepend_bos", True)) and not (
-        store and store.attrs.get("drop_bos", False)
-    )
-    if o.source == "activations":
-        assert store is not None
-        names = _pick(o.hooks, sorted(store.hooks), "activation store", run)
-        return [(h, int(store.d_model[h])) for h in names], (
-            lambda h: activation_blocks(store, h, o.pool, skip_first)
-        )
-    from saelab.store.codes import open_codes
-
-    codes = open_codes(run.path)
-    names = _pick(o.hooks, codes.hooks, "codes", run)
-    return [(h, codes[h].d_sae) for h in names], (
-        lambda h: code_blocks(codes, h, o.pool, skip_first)
-    )
-
-
-def _pick(spec: str | None, available: list[str], what: str, run: RunFolder) -> list[str]:
-    """Hooks to test, in name order unless --hooks names them (then forward-pass order)."""
-    depth = model_depth(run, hooks=available)
-    fix = "encode it first or pick one it has" if what == "codes" else "extract it first"
-    hooks = select_hooks(spec, available, depth, where=f"the run's {what}", fix=fix)
-    return [h.name for h in hooks]
-
-
-def _table(o: ContrastOptions, per_hook: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """One flat table over all hooks, with BH across the run and within each hook."""
-    from saelab.stats import bh_adjust
-
-    cols: dict[str, list[np.ndarray]] = {}
-    for hook, st in per_hook.items():
-        n = len(st["feature"])
-        cols.setdefault("source", []).append(np.full(n, o.source, dtype=object))
-        cols.setdefault("hook", []).append(np.full(n, hook, dtype=object))
-        tested = st["tested"]
-        q_hook = np.full(n, np.nan)
-        q_hook[tested] = bh_adjust(st["p_t"][tested])
-        cols.setdefault("q_hook", []).append(q_hook)
-        for k, v in st.items():
-            cols.setdefault(k, []).append(np.asarray(v))
-    flat = {k: np.concatenate(v) for k, v in cols.items()}
-    tested = flat["tested"].astype(bool)
-    for src, dst in (("p_t", "q"), ("p_u", "q_u"), ("p_rate", "q_rate")):
-        q = np.full(len(tested), np.nan)
-        q[tested] = bh_adjust(flat[src][tested])
-        flat[dst] = q
-    flat["significant"] = tested & (flat["q"] < o.alpha)
-    return flat
-
-
-def _summary(
-    o: ContrastOptions, labels: Any, per_hook: dict[str, Any], table: dict[str, Any]
-) -> dict[str, Any]:
-    n_a, n_b = labels.sizes
-    out: dict[str, Any] = {
-        "groups": {labels.a: n_a, labels.b: n_b},
-        "group_a": labels.a,
-        "group_b": labels.b,
-        "source": o.source,
-        "pool": o.pool,
-        "alpha": o.alpha,
-        "min_active": o.min_active,
-        "hooks": {},
-    }
-    hooks = table["hook"]
-    for hook in per_hook:
-        m = hooks == hook
-        tested = table["tested"][m].astype(bool)
-        active = table["active_a"][m] + table["active_b"][m]
-        sig = table["significant"][m]
-        order = _rank(table, m)
-        top = []
-        for i in order[: o.top]:
-            top.append({k: _py(table[k][i]) for k in _TOP_KEYS})
-        out["hooks"][hook] = {
-            "features": int(m.sum()),
-            "tested": int(tested.sum()),
-            "untested": int((~tested).sum()),
-            "untested_dead": int(((~tested) & (active == 0)).sum()),
-            "untested_rare": int(((~tested) & (active > 0) & (active < o.min_active)).sum()),
-            "significant": int(sig.sum()),
-            "top": top,
+    def prepare(self) -> dict[str, Any]:
+        o = self.config
+        if not self.run.path.is_dir():
+            raise SaelabError(f"run folder {o.run} does not exist; check the path")
+        if o.pool not in POOLS:
+            raise SaelabError(f"--pool {o.pool!r} is not one of {', '.join(POOLS)}")
+        if o.source not in SOURCES:
+            raise SaelabError(f"--source {o.source!r} is not one of {', '.join(SOURCES)}")
+        if not 0 < o.alpha < 1:
+            raise SaelabError(f"--alpha {o.alpha} must be between 0 and 1, e.g. 0.05")
+        if o.min_active < 1:
+            raise SaelabError(f"--min-active {o.min_active} must be at least 1")
+        self.labels  # noqa: B018  (the groups must exist before anything is written)
+        self.hooks = self._hooks()
+        return {
+            o.source: {
+                "groups": o.groups,
+                "group_column": o.group_column,
+                "pool": o.pool,
+                "hooks": o.hooks or "",
+                "min_active": o.min_active,
+                "alpha": o.alpha,
+            }
         }
-    out["significant"] = int(table["significant"].sum())
-    out["tested"] = int(table["tested"].sum())
-    return out
 
+    def outputs(self, sections: list[str] | None = None) -> list[str]:
+        chosen = sections if sections is not None else list(SOURCES)
+        out = [f"{PARTS_DIR}/{s}" for s in chosen]
+        out += [f"{STATS_DIR}/{summary_name(s)}" for s in chosen]
+        return out if sections is not None else [*out, f"{STATS_DIR}/{TABLE}"]
 
-_TOP_KEYS = (
-    "hook", "feature", "p_t", "log10_p_t", "q", "q_hook", "cohen_d", "hedges_g", "mean_a",
-    "mean_b", "sd_a", "sd_b", "active_a", "active_b", "auc", "p_u", "q_u",
-)  # fmt: skip
+    def units(self) -> list[Unit]:
+        return [HookUnit(hook, 1, width) for hook, width in self.hooks]
 
+    def finish(self, done: Done) -> Finished:
+        o = self.config
+        per_hook = {hook: self._read_part(hook) for hook, _ in self.hooks}
+        table = build_table(o, per_hook)
+        summary = summarise(o, self.labels, per_hook, table)
+        write_outputs(self.run, table, summary)
+        print_table(o, self.labels, table, summary)  # the result itself: printed even quiet
+        return Finished(summary)
 
-def _rank(table: dict[str, Any], mask: np.ndarray) -> np.ndarray:
-    """Indices of tested rows in `mask`, strongest first: by log10 p (finite when p
-    underflows), then by |d|."""
-    idx = np.flatnonzero(mask & table["tested"].astype(bool))
-    lp = table["log10_p_t"][idx]
-    d = np.abs(np.nan_to_num(table["cohen_d"][idx]))
-    return idx[np.lexsort((-d, lp))]
+    # -- any process -----------------------------------------------------------------------
+    @cached_property
+    def labels(self) -> Labels:
+        return read_labels(self.run.path, self.config.groups, self.config.group_column)
 
+    def run_unit(self, unit: HookUnit, worker: Worker) -> UnitResult:
+        o, labels = self.config, self.labels
+        acc = TwoGroupAccumulator(unit.width)
+        for block in self._blocks(unit.key):
+            a = labels.in_a[block.prompt_index]
+            b = labels.in_b[block.prompt_index]
+            keep = a | b
+            if keep.any():
+                acc.add(block.x[np.flatnonzero(keep)], a[keep])
+        stats = two_group_stats(acc, min_active=o.min_active)
+        path = self.run.path / self._part(unit.key)
+        buf = io.BytesIO()
+        pq.write_table(pa.table({k: pa.array(v) for k, v in stats.items()}), buf)
+        atomic_write_bytes(path, buf.getvalue())
+        return UnitResult(hashed(self.run, [path]))
 
-def _py(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
+    def _part(self, hook: str) -> str:
+        return f"{PARTS_DIR}/{self.config.source}/{hook}.parquet"
 
+    def _read_part(self, hook: str) -> dict[str, np.ndarray]:
+        t = pq.read_table(self.run.path / self._part(hook))
+        out = {}
+        for name in t.column_names:
+            col = t.column(name).to_numpy(zero_copy_only=False)
+            out[name] = col.astype(str) if col.dtype == object else col
+        return out
 
-def _write(run: RunFolder, table: dict[str, Any], summary: dict[str, Any]) -> None:
-    import pyarrow as pa
-    import pyarrow.compute  # noqa: F401  (pa.compute)
-    import pyarrow.parquet as pq
-
-    arrays = {}
-    for k, v in table.items():
-        arrays[k] = pa.array(v.tolist() if v.dtype == object else v)
-    new = pa.table(arrays)
-    folder = run.path / STATS_DIR
-    source = summary["source"]
-    if (folder / TABLE).is_file():  # the other source's rows stay beside this one's
-        old = pq.read_table(folder / TABLE)
-        if old.schema.names == new.schema.names:
-            keep = old.filter(pa.compute.not_equal(old["source"], source))
-            new = pa.concat_tables([keep, new.cast(old.schema)])
-    buf = io.BytesIO()
-    pq.write_table(new, buf, compression="zstd")
-    atomic_write_bytes(folder / TABLE, buf.getvalue())
-    atomic_write_json(folder / summary_name(source), summary)
-
-
-def summary_name(source: str) -> str:
-    """contrast_summary.json for SAE codes, contrast_summary_activations.json beside it."""
-    return SUMMARY if source == "codes" else f"contrast_summary_{source}.json"
-
-
-def _print(o: ContrastOptions, labels: Any, table: dict[str, Any], summary: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    n_a, n_b = labels.sizes
-    out = console()
-    out.print(
-        f"[bold]contrast[/bold] {labels.a} ({n_a}) vs {labels.b} ({n_b}), {o.source}, pool"
-        f" {o.pool}: {summary['tested']:,} tested, {summary['significant']:,} significant at"
-        f" FDR {o.alpha} (BH over the run)"
-    )
-    for hook, h in summary["hooks"].items():
-        out.print(
-            f"  {hook}: {h['features']:,} features, {h['tested']:,} tested ({h['untested_dead']:,}"
-            f" dead, {h['untested_rare']:,} below --min-active {o.min_active}),"
-            f" {h['significant']:,} significant"
+    def _skip_first(self) -> bool:
+        store = self._store
+        return bool(store and store.attrs.get("prepend_bos", True)) and not (
+            store and store.attrs.get("drop_bos", False)
         )
-    order = _rank(table, np.ones(len(table["hook"]), dtype=bool))[: o.top]
-    t = Table(title="strongest features", title_justify="left")
-    for col in ("hook", "feature", f"mean {labels.a}", f"mean {labels.b}", "fires",
-                "d", "AUC", "p", "q"):  # fmt: skip
-        t.add_column(col, justify="left" if col == "hook" else "right")
-    for i in order:
-        t.add_row(
-            str(table["hook"][i]),
-            str(int(table["feature"][i])),
-            f"{table['mean_a'][i]:.3g}",
-            f"{table['mean_b'][i]:.3g}",
-            f"{int(table['active_a'][i])}/{int(table['active_b'][i])}",
-            f"{table['cohen_d'][i]:+.2f}",
-            f"{table['auc'][i]:.2f}",
-            _p(table["p_t"][i], table["log10_p_t"][i]),
-            f"{table['q'][i]:.2g}",
+
+    @cached_property
+    def _store(self) -> Any:
+        try:
+            return open_activations(self.run.path)
+        except SaelabError:
+            if self.config.source == "activations":
+                raise
+            return None
+
+    def _blocks(self, hook: str) -> Any:
+        o = self.config
+        if o.source == "activations":
+            return activation_blocks(self._store, hook, o.pool, self._skip_first())
+        return code_blocks(open_codes(self.run.path), hook, o.pool, self._skip_first())
+
+    def _hooks(self) -> list[tuple[str, int]]:
+        """(hook, width) pairs to test: by name unless --hooks names them (then forward-pass
+        order)."""
+        o = self.config
+        if o.source == "activations":
+            store = self._store
+            names = self._pick(sorted(store.hooks), "activation store", "extract it first")
+            return [(h, int(store.d_model[h])) for h in names]
+        codes = open_codes(self.run.path)
+        names = self._pick(codes.hooks, "codes", "encode it first or pick one it has")
+        return [(h, codes[h].d_sae) for h in names]
+
+    def _pick(self, available: list[str], what: str, fix: str) -> list[str]:
+        depth = model_depth(self.run, hooks=available)
+        chosen = select_hooks(
+            self.config.hooks, available, depth, where=f"the run's {what}", fix=fix
         )
-    out.print(t)
-    say(
-        f'table: {Path(o.run) / STATS_DIR / TABLE}; query it with saelab query {o.run} "..."',
-        o.quiet,
-    )
+        return [h.name for h in chosen]
 
 
-def _p(p: float, log10p: float) -> str:
-    return f"{p:.2g}" if p > 0 else f"1e{log10p:.0f}"
-
-
-def summary_json(run: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run) / STATS_DIR / SUMMARY).read_text())
+def run_contrast(config: ContrastConfig) -> dict[str, Any]:
+    """Test every feature of the run's codes (or raw activations) between two groups."""
+    return run_stage(ContrastStage(config))

@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from saelab.data import read_prompts
 from saelab.errors import SaelabError
+from saelab.pipeline.inputs import prompt_table
+from saelab.run import RunFolder
 
 POOLS = ("last", "max", "mean")
 
@@ -38,13 +41,11 @@ class Labels:
 
 def read_labels(run: Path, groups: str, column: str = "group") -> Labels:
     """Group labels of the run's prompts; the two groups must exist and hold 2+ prompts each."""
-    from saelab.store.codes import read_run_prompts
-
     names = [g.strip() for g in groups.split(",")] if groups else []
     if len(names) != 2 or not all(names) or names[0] == names[1]:
         raise SaelabError(f"--groups {groups!r}: name two different groups, e.g. --groups a,b")
     if column == "group":
-        values = read_run_prompts(run)["group"]
+        values = prompt_table(RunFolder(run))["group"]
     else:
         values = _column_from_source(run, column)
     arr = np.asarray(["" if v is None else str(v) for v in values], dtype=object)
@@ -62,9 +63,6 @@ def read_labels(run: Path, groups: str, column: str = "group") -> Labels:
 
 def _column_from_source(run: Path, column: str) -> list[Any]:
     """Another column of the prompts file the run was extracted from."""
-    from saelab.data import read_prompts
-    from saelab.run import RunFolder
-
     src = RunFolder(run).read_config().get("extract", {}).get("prompts")
     if not src:
         raise SaelabError(

@@ -70,7 +70,9 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
                 saelab=__version__,
                 **stage.fields,
             )
-            stage.setup()
+            files = stage.setup()
+            if files:
+                run.update_stage(stage.name, files=files)
             total = sum(u.size for u in units)
             done = sum(u.size for u in units if u.key in records)
             with Reporter(

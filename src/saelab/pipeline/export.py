@@ -1,4 +1,4 @@
-"""`saelab export RUN`: chosen features' activations per prompt and token, for other tools.
+"""`saelab export --run RUN`: chosen features' activations per prompt and token, for other tools.
 
 JSON is for people and notebooks (one object per prompt: id, text, group, token ids and
 strings, and per hook the values of each chosen feature at each position); npz is for
@@ -18,27 +18,47 @@ import numpy as np
 from saelab.atomic import atomic_write_bytes
 from saelab.errors import SaelabError
 from saelab.models.hooks import select_hooks
+from saelab.models.loading import load_tokenizer
+from saelab.pipeline import inputs
+from saelab.pipeline.flags import flags_in_errors
 from saelab.pipeline.inputs import model_depth
+from saelab.pipeline.options import RunOptions, option
 from saelab.run import RunFolder
-from saelab.store.codes import open_codes, parse_features
+from saelab.store import open_activations
+from saelab.store.codes import parse_features
 
 FORMATS = ("json", "npz")
 
 
-def run_export(
-    run: str,
-    *,
-    features: str | None,
-    fmt: str = "json",
-    hooks: str | None = None,
-    out: str | None = None,
-    quiet: bool = False,
+class ExportConfig(RunOptions):
+    """Per-prompt, per-token activations of chosen features as JSON or npz."""
+
+    features: str | None = option(None, "feature ids, e.g. 645,1170")
+    format: str = option("json", "json | npz", "--format")
+    hooks: str | None = option(None, "hooks (default: every encoded hook)")
+    out: str | None = option(None, "output file (default: RUN/export.FORMAT)")
+
+
+def run_export(config: ExportConfig) -> Path:
+    """Write the chosen features' values per prompt and token; return the file written."""
+    o = config
+    if o.run is None:
+        raise SaelabError("--run is needed: name the run folder with codes")
+    if o.format not in FORMATS:
+        raise SaelabError(f"--format {o.format!r} is not one of {', '.join(FORMATS)}")
+    run, features, fmt, out = o.run, o.features, o.format, o.out
+    with flags_in_errors(ExportConfig.field_names()):
+        codes = inputs.codes(RunFolder(run))
+        depth = model_depth(RunFolder(run), hooks=codes.hooks)
+        wanted = select_hooks(
+            o.hooks, codes.hooks, depth, where="the run's codes", fix="encode it first"
+        )
+        return _export(codes, wanted, features, fmt, out, Path(run))
+
+
+def _export(
+    codes: Any, wanted: list[Any], features: str | None, fmt: str, out: str | None, run: Path
 ) -> Path:
-    if fmt not in FORMATS:
-        raise SaelabError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    codes = open_codes(run)
-    depth = model_depth(RunFolder(run), hooks=codes.hooks)
-    wanted = select_hooks(hooks, codes.hooks, depth, where="the run's codes", fix="encode it first")
     blocks: dict[str, dict[str, Any]] = {}
     for hook in wanted:
         hc = codes[hook.name]
@@ -114,8 +134,6 @@ def _write_json(path: Path, codes: Any, blocks: dict[str, dict[str, Any]], run: 
 
 
 def _store_or_none(run: Path) -> Any:
-    from saelab.store import open_activations
-
     try:
         return open_activations(run)
     except SaelabError:
@@ -127,8 +145,6 @@ def _token_decoder(store: Any) -> Any:
     if store is None:
         return None
     try:
-        from saelab.models.loading import load_tokenizer
-
         tok = load_tokenizer(str(store.attrs.get("model") or "default"))
     except (ImportError, SaelabError, OSError):
         return None

@@ -50,9 +50,6 @@ class ExtractStage(PromptShardStage):
             tidy=tidy,
         )
 
-    def setup(self) -> None:
-        self.writer(tidy=True)
-
     def counts(self) -> tuple[int, int, int]:
         store: ActivationStore = open_activations(self.run.path)
         return store.n_prompts, store.n_tokens, store.n_rows

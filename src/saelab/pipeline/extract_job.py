@@ -43,9 +43,12 @@ DEVICE_HELP = "auto, cpu, cuda, mps"
 
 
 class ExtractConfig(StageOptions):
-    """`saelab extract` (and `saelab plan`): activations of hook points over prompts, or with
-    `generate` generation traces (the answer and the hidden states over prompt and answer).
-    Without `run`, the run folder is runs/<prompts>-<model>."""
+    """Capture activations of hook points over prompts into the run's store (resumable).
+
+    With --generate N, record generation traces instead: each prompt's answer, and the hidden
+    states (and, with --attentions, attention maps) over prompt and answer. Without --run,
+    the run folder is runs/<prompts>-<model>.
+    """
 
     model: str = option("default", MODEL_HELP)
     prompts: str | None = option(None, PROMPTS_HELP)

@@ -70,11 +70,6 @@ class StageOptions(RunOptions):
             parse_size(self.max_disk, "--max-disk"),
         )
 
-    def run_folder(self) -> str:
-        if not self.run:
-            raise SaelabError("--run is needed: name the run folder this stage works on")
-        return self.run
-
 
 def check_executor(name: str) -> str:
     if name not in EXECUTORS:

@@ -1,4 +1,4 @@
-"""`saelab patch RUN`: edit SAE features during generation and measure what changes.
+"""`saelab patch --run RUN`: edit SAE features during generation and measure what changes.
 
 Every (edit set, prompt) pair is one batch row carrying its own edits, so a sweep of many
 edits shares forward passes and KV caches; each prompt's unpatched baseline runs once. Results
@@ -11,174 +11,197 @@ KL from the baseline's next-token distribution) are rebuilt from the parts at th
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import io
 import json
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
+from rich.table import Table
+
 from saelab.atomic import atomic_write_bytes
+from saelab.data import read_prompts
 from saelab.errors import SaelabError
 from saelab.models.hooks import hook_point
-from saelab.pipeline.flags import flags_in_errors
-from saelab.pipeline.inputs import model_depth
+from saelab.models.loading import load_tokenizer
+from saelab.patch import check_edits, generate_patched
+from saelab.pipeline.driver import run_stage
+from saelab.pipeline.inputs import model_depth, prompt_table, run_model
+from saelab.pipeline.options import StageOptions, option
 from saelab.pipeline.patch_sets import EditSet, compile_outcomes, from_specs, from_sweep
-from saelab.progress import Reporter, console, say
-from saelab.run import RunFolder
+from saelab.pipeline.patch_stats import summarise, write_tables
+from saelab.pipeline.stage import Done, Finished, Stage, Unit, UnitResult, Worker, hashed
+from saelab.progress import console, say
+from saelab.sae.pretrained import expand_saes, load_sae
 
-STAGE = "patch"
 DIR = "patch"
+PARTS = f"{DIR}/parts"
+BASELINE = EditSet("baseline", ())
 
 
-@dataclass
-class PatchOptions:
-    run: str
-    edits: list[str] | None = None
-    sweep: str | None = None
-    values: str = "0"
-    saes: str | None = None  # default: the SAEs `encode` used, else RUN/saes
-    prompts: str | None = None  # default: the run's prompts
-    generate: int = 16
-    at: str = "last+generated"
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    targets: str | None = None  # e.g. " yes, no": log p of each at the first answer position
-    outcome: list[str] | None = None  # LABEL=REGEX
-    batch_size: int = 32
-    overwrite: bool = False
-    quiet: bool = False
+class PatchConfig(StageOptions):
+    """Set, scale, ablate or steer SAE features during generation; measure what changes."""
 
-
-def run_patch(o: PatchOptions) -> dict[str, Any]:
-    with flags_in_errors(f.name for f in dataclasses.fields(o)):
-        return _run_patch(o)
-
-
-def _run_patch(o: PatchOptions) -> dict[str, Any]:
-    from saelab.models.loading import load_model
-
-    run = RunFolder(o.run)
-    if not run.path.is_dir():
-        raise SaelabError(f"run folder {o.run} does not exist; check the path")
-    if bool(o.edits) == bool(o.sweep):
-        raise SaelabError("give either --edits SPEC... or --sweep top:N (one of them)")
-    if o.generate < 1:
-        raise SaelabError(f"--generate {o.generate} must be at least 1")
-    if o.batch_size < 1:
-        raise SaelabError(f"--batch-size {o.batch_size} must be at least 1")
-    outcomes = compile_outcomes(o.outcome)
-    ids, texts, groups = _prompts(o, run)
-    model_name = str(run.read_config().get("extract", {}).get("model") or "default")
-    sets = (
-        from_specs(o.edits or [], model_depth(run, model_name))
-        if o.edits
-        else from_sweep(run.path, o.sweep or "", o.values)
+    edits: list[str] | None = option(
+        None, "HOOK:F=V | HOOK:F*S | HOOK:F+=D | HOOK:F@A (repeatable; applied together)"
     )
-    saes = _saes(o, run, sets)
-    from saelab.patch import check_edits
-
-    check_edits([e for s in sets for e in s.edits], saes)
-    _bind(o, run)
-    spec = "default" if model_name == "HuggingFaceTB/SmolLM2-135M-Instruct" else model_name
-    lm = load_model(spec, quiet=o.quiet)
-    targets = _target_ids(lm, o.targets)
-    parts = run.path / DIR / "parts"
-    base = _generate(lm, o, texts, [EditSet("baseline", ())], saes, "baseline")
-    todo = [(k, s) for k, s in enumerate(sets) if not (parts / f"{_key(s)}.json").is_file()]
-    rows = len(todo) * len(texts)
-    with Reporter("patch", total=rows, unit="rows", quiet=o.quiet) as rep:
-        per_batch = max(1, o.batch_size // max(1, len(texts)))
-        for i in range(0, len(todo), per_batch):
-            chunk = [s for _, s in todo[i : i + per_batch]]
-            gen = _generate(lm, o, texts, chunk, saes, "sweep")
-            for j, s in enumerate(chunk):
-                sl = slice(j * len(texts), (j + 1) * len(texts))
-                rec = _records(s, ids, groups, gen, sl, base, targets, outcomes)
-                atomic_write_bytes(parts / f"{_key(s)}.json", json.dumps(rec).encode())
-            rep.advance(len(chunk) * len(texts), sum(len(t) for t in gen.token_ids))
-    base_rec = _records(EditSet("baseline", ()), ids, groups, base, slice(0, len(texts)), base,
-                        targets, outcomes)  # fmt: skip
-    results = base_rec + [
-        r for s in sets for r in json.loads((parts / f"{_key(s)}.json").read_text())
-    ]
-    from saelab.pipeline.patch_stats import summarise, write_tables
-
-    summary = summarise(results, [t for t, _ in targets], [lab for lab, _ in outcomes])
-    write_tables(run.path / DIR, results, summary)
-    run.update_stage(STAGE, complete=True, edit_sets=len(sets), prompts=len(texts))
-    _print(summary, o)
-    return {"results": results, "summary": summary}
+    sweep: str | None = option(None, "top:N (strongest contrast features) or top:N/hook")
+    values: str = option("0", "sweep values: 0,x2,mean_A,mean_B,@A,+=D")
+    saes: str | None = option(None, "SAEs (default: those encode used)")
+    prompts: str | None = option(None, "prompts (default: the run's)")
+    generate: int = option(16, "new tokens per prompt")
+    at: str = option("last+generated", "last | prompt | generated | all | last+generated")
+    temperature: float = option(0.0, "0: greedy")
+    top_p: float = option(1.0, "nucleus sampling")
+    seed: int = option(0, "sampling seed")
+    targets: str | None = option(None, "tokens whose log-probs to compare, e.g. ' yes, no'")
+    outcome: list[str] | None = option(None, "LABEL=REGEX labelling each generation (repeatable)")
+    batch_size: int = option(32, "rows per generation batch")
 
 
-def _key(s: EditSet) -> str:
-    return hashlib.sha256(s.name.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class EditsUnit(Unit):
+    """Edit sets generated together as rows of one batch (the baseline: no edit set)."""
+
+    sets: tuple[EditSet, ...] = ()
 
 
-def _prompts(o: PatchOptions, run: RunFolder) -> tuple[list[str], list[str], list[Any]]:
-    if o.prompts:
-        from saelab.data import read_prompts
+class PatchStage(Stage[PatchConfig]):
+    """Units: the unpatched baseline, then chunks of edit sets (each set x every prompt is a
+    batch row); each unit writes one records file per set; `finish` builds the tables."""
 
-        t = read_prompts(o.prompts)
-        return list(t.ids), list(t.texts), list(t.groups or [None] * len(t.ids))
-    from saelab.store.codes import read_run_prompts
+    name = "patch"
+    progress = "rows"
 
-    p = read_run_prompts(run.path)
-    return p["id"], p["text"], p["group"]
+    def prepare(self) -> dict[str, Any]:
+        o = self.config
+        if not self.run.path.is_dir():
+            raise SaelabError(f"run folder {o.run} does not exist; check the path")
+        if bool(o.edits) == bool(o.sweep):
+            raise SaelabError("give either --edits SPEC... or --sweep top:N (one of them)")
+        if o.generate < 1:
+            raise SaelabError(f"--generate {o.generate} must be at least 1")
+        if o.batch_size < 1:
+            raise SaelabError(f"--batch-size {o.batch_size} must be at least 1")
+        self.outcomes  # noqa: B018  (each check fails before anything is written)
+        self.prompts  # noqa: B018
+        check_edits([e for s in self.sets for e in s.edits], self.saes)
+        self.targets  # noqa: B018
+        keep = (
+            "edits", "sweep", "values", "saes", "prompts", "generate", "at", "temperature",
+            "top_p", "seed", "targets", "outcome",
+        )  # fmt: skip
+        return json.loads(json.dumps({k: getattr(o, k) for k in keep}, default=str))
+
+    def outputs(self, sections: list[str] | None = None) -> list[str]:
+        return [DIR]
+
+    def units(self) -> list[Unit]:
+        n = len(self.prompts[1])
+        per_batch = max(1, self.config.batch_size // max(1, n))
+        out: list[Unit] = [EditsUnit("baseline", n, ())]
+        for i in range(0, len(self.sets), per_batch):
+            chunk = tuple(self.sets[i : i + per_batch])
+            key = hashlib.sha256("\n".join(s.name for s in chunk).encode()).hexdigest()[:16]
+            out.append(EditsUnit(f"edits-{key}", n * len(chunk), chunk))
+        return out
+
+    def finish(self, done: Done) -> Finished:
+        results = [r for s in (BASELINE, *self.sets) for r in self._read(s)]
+        targets, outcomes = self.targets, self.outcomes
+        summary = summarise(results, [t for t, _ in targets], [lab for lab, _ in outcomes])
+        write_tables(self.run.path / DIR, results, summary)
+        _print(summary, self.config)
+        fields = {"edit_sets": len(self.sets), "prompts": len(self.prompts[1])}
+        return Finished({"results": results, "summary": summary}, fields)
+
+    # -- inputs (cheap ones recomputed where needed; the SAEs are loaded once) --------------
+    @cached_property
+    def outcomes(self) -> list[Any]:
+        return compile_outcomes(self.config.outcome)
+
+    @cached_property
+    def prompts(self) -> tuple[list[str], list[str], list[Any]]:
+        if self.config.prompts:
+            t = read_prompts(self.config.prompts)
+            return list(t.ids), list(t.texts), list(t.groups or [None] * len(t.ids))
+        p = prompt_table(self.run)
+        return p["id"], p["text"], p["group"]
+
+    @cached_property
+    def sets(self) -> list[EditSet]:
+        o = self.config
+        if o.edits:
+            return from_specs(o.edits, model_depth(self.run, run_model(self.run)))
+        return from_sweep(self.run.path, o.sweep or "", o.values)
+
+    @cached_property
+    def saes(self) -> dict[str, Any]:
+        o, run = self.config, self.run
+        spec = o.saes or run.read_config().get("encode", {}).get("saes") or str(run.path / "saes")
+        hooks = sorted({e.hook for s in self.sets for e in s.edits})
+        try:
+            sources = expand_saes(spec, [hook_point(h) for h in hooks])
+        except SaelabError as e:
+            raise SaelabError(f"no SAE for the edited hooks ({', '.join(hooks)}): {e}") from e
+        return {
+            src.hook or h: load_sae(src.location).sae for src, h in zip(sources, hooks, strict=True)
+        }
+
+    @cached_property
+    def targets(self) -> list[tuple[str, int]]:
+        return _target_ids(load_tokenizer(run_model(self.run)), self.config.targets)
+
+    # -- any process -----------------------------------------------------------------------
+    def run_unit(self, unit: EditsUnit, worker: Worker) -> UnitResult:
+        lm = worker.model(run_model(self.run), quiet=self.config.quiet)
+        saes = worker.get(("patch-saes", self.config.saes, str(self.run.path)), lambda: self.saes)
+        ids, texts, groups = self.prompts
+        base = worker.get(
+            ("patch-baseline", str(self.run.path), json.dumps(self.binding, sort_keys=True)),
+            lambda: _generate(lm, self.config, texts, [BASELINE], saes, "baseline"),
+        )
+        sets = list(unit.sets) or [BASELINE]
+        gen = base if not unit.sets else _generate(lm, self.config, texts, sets, saes, "sweep")
+        paths = []
+        for j, s in enumerate(sets):
+            sl = slice(j * len(texts), (j + 1) * len(texts))
+            rec = _records(s, ids, groups, gen, sl, base, self.targets, self.outcomes)
+            paths.append(self.run.path / _part(s))
+            atomic_write_bytes(paths[-1], json.dumps(rec).encode())
+        tokens = sum(len(t) for t in gen.token_ids) if unit.sets else 0
+        return UnitResult(hashed(self.run, paths), {"tokens": tokens})
+
+    def _read(self, s: EditSet) -> list[dict[str, Any]]:
+        return json.loads((self.run.path / _part(s)).read_text())
 
 
-def _saes(o: PatchOptions, run: RunFolder, sets: list[EditSet]) -> dict[str, Any]:
-    from saelab.sae.pretrained import expand_saes, load_sae
-
-    spec = o.saes or run.read_config().get("encode", {}).get("saes") or str(run.path / "saes")
-    hooks = sorted({e.hook for s in sets for e in s.edits})
-    try:
-        points = [hook_point(h) for h in hooks]
-        sources = expand_saes(spec, points)
-    except SaelabError as e:
-        raise SaelabError(f"no SAE for the edited hooks ({', '.join(hooks)}): {e}") from e
-    return {
-        src.hook or h: load_sae(src.location).sae for src, h in zip(sources, hooks, strict=True)
-    }
+def _part(s: EditSet) -> str:
+    """One records file per edit set, named by a hash of its spec."""
+    if s == BASELINE:
+        return f"{PARTS}/baseline.json"
+    return f"{PARTS}/{hashlib.sha256(s.name.encode()).hexdigest()[:16]}.json"
 
 
-def _bind(o: PatchOptions, run: RunFolder) -> None:
-    conf = {k: v for k, v in asdict(o).items() if k not in ("quiet", "overwrite", "batch_size")}
-    conf = json.loads(json.dumps(conf, default=str))
-    old = run.read_config().get(STAGE)
-    if old is not None and old != _clean(conf):
-        if not o.overwrite:
-            diffs = sorted(k for k in set(old) | set(conf) if old.get(k) != _clean(conf).get(k))
-            raise SaelabError(
-                f"{run.path} was patched with other settings ({', '.join(diffs[:3])} differ);"
-                " use another --run or --overwrite"
-            )
-        shutil.rmtree(run.path / DIR, ignore_errors=True)
-    run.bind_config(STAGE, _clean(conf), overwrite=True)
+def run_patch(config: PatchConfig) -> dict[str, Any]:
+    """Run the edits (or the sweep) on the run's prompts; results and summary tables."""
+    return run_stage(PatchStage(config))
 
 
-def _clean(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
-
-
-def _target_ids(lm: Any, targets: str | None) -> list[tuple[str, int]]:
+def _target_ids(tokenizer: Any, targets: str | None) -> list[tuple[str, int]]:
     out = []
     for t in targets.split(",") if targets else []:
         if not t:
             continue
-        ids = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
         if not ids:
             raise SaelabError(f"--targets: {t!r} is no token")
         out.append((t, int(ids[0])))
     return out
 
 
-def _generate(lm: Any, o: PatchOptions, texts: list[str], sets: list[EditSet], saes: dict,
+def _generate(lm: Any, o: PatchConfig, texts: list[str], sets: list[EditSet], saes: dict,
               what: str) -> Any:  # fmt: skip
-    from saelab.patch import generate_patched
-
     prompts = [t for _ in sets for t in texts]
     rows = [list(s.edits) for s in sets for _ in texts]
     used = {e.hook for r in rows for e in r}
@@ -210,9 +233,7 @@ def _records(s: EditSet, ids: list[str], groups: list[Any], gen: Any, sl: slice,
     return out
 
 
-def _print(summary: list[dict[str, Any]], o: PatchOptions) -> None:
-    from rich.table import Table
-
+def _print(summary: list[dict[str, Any]], o: PatchConfig) -> None:
     rows = [s for s in summary if s["edit"] != "baseline" and s["group"] == "all"]
     key = "delta_logp_diff" if rows and "delta_logp_diff" in rows[0] else "mean_kl"
     rows.sort(key=lambda s: -abs(s.get(key) or 0.0))
@@ -235,12 +256,3 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
     return str(v)
-
-
-def table_bytes(rows: list[dict[str, Any]]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf, compression="zstd")
-    return buf.getvalue()

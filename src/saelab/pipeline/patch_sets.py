@@ -60,7 +60,9 @@ def _contrast(run: Path) -> Any:
 
     p = run / "stats" / "contrast.parquet"
     if not p.is_file():
-        raise SaelabError(f"--sweep needs contrast results: run `saelab contrast {run}` first")
+        raise SaelabError(
+            f"--sweep needs contrast results: run `saelab contrast --run {run}` first"
+        )
     t = pq.read_table(p).to_pandas()
     return t[t["source"] == "codes"] if "source" in t else t
 

@@ -7,10 +7,13 @@ rates are compared with Fisher's exact test on (label, not label) x (edited, bas
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from saelab.atomic import atomic_write_bytes
 
@@ -57,11 +60,15 @@ def summarise(
     return out
 
 
+def table_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf, compression="zstd")
+    return buf.getvalue()
+
+
 def write_tables(
     folder: Path, results: list[dict[str, Any]], summary: list[dict[str, Any]]
 ) -> None:
-    from saelab.pipeline.patch import table_bytes
-
     atomic_write_bytes(folder / "results.parquet", table_bytes(results))
     flat = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()} for s in summary]
     atomic_write_bytes(folder / "summary.parquet", table_bytes(flat))

@@ -22,7 +22,7 @@ from saelab.budget.calibrate import (
 from saelab.budget.estimate import Estimate, estimate_extract
 from saelab.budget.planner import Verdict, judge, suggest_extract
 from saelab.models.describe import describe_model
-from saelab.models.loading import LoadedModel, quiet_transformers, load_model
+from saelab.models.loading import LoadedModel, load_model, quiet_transformers
 from saelab.pipeline.extract_job import (
     ExtractConfig,
     ExtractJob,
@@ -107,7 +107,7 @@ def estimate_job(
 
 
 class PlanConfig(ExtractConfig):
-    """`saelab plan`: what extract with the same options would need, and whether it fits."""
+    """Say how much memory, disk and time extract needs, and whether it fits."""
 
     calibrate: bool = option(True, "time a few real batches (else: FLOP estimate, no weights)")
 

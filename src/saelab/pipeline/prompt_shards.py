@@ -79,6 +79,7 @@ class PromptShardStage(Stage[ExtractConfig]):
 
     name = "extract"
     progress = "prompts"
+    needs_run = False
     store_dir: ClassVar[str]  # the folder of the store in the run
 
     def __init__(self, config: ExtractConfig, run: str | Path | None = None) -> None:
@@ -113,12 +114,20 @@ class PromptShardStage(Stage[ExtractConfig]):
         assert self.job.tokens is not None
         shards = shards_of(len(self.job.tokens.ids), self.job.shard_size)
         return [
-            Unit("prompts", size=0),
-            *(
-                ShardUnit(f"shard-{k:05d}", len(idx), k, idx.start, idx.stop)
-                for k, idx in enumerate(shards)
-            ),
+            ShardUnit(f"shard-{k:05d}", len(idx), k, idx.start, idx.stop)
+            for k, idx in enumerate(shards)
         ]
+
+    def setup(self) -> dict[str, str]:
+        """The prompt table (every later stage reads it) and the store's root."""
+        self.writer(tidy=True)
+        buf = io.BytesIO()
+        pq.write_table(self.job.prompts.to_arrow(), buf, compression="zstd")
+        atomic_write_bytes(self.run.path / PROMPTS_FILE, buf.getvalue())
+        return hashed(self.run, [self.run.path / PROMPTS_FILE])
+
+    def writer(self, tidy: bool = False) -> Any:
+        raise NotImplementedError
 
     def finish(self, done: Done) -> Finished:
         if done.already:
@@ -172,19 +181,11 @@ class PromptShardStage(Stage[ExtractConfig]):
             self.job.tokens = tokenize_for(self.job, self.model(worker).tokenizer)
         return self.job.tokens
 
-    def run_unit(self, unit: Unit, worker: Worker) -> UnitResult:
-        if not isinstance(unit, ShardUnit):
-            return self.write_prompts()
+    def run_unit(self, unit: ShardUnit, worker: Worker) -> UnitResult:
         lm = self.model(worker)
         tokens = self.tokens(worker)
         files, n_tokens = self.write_shard(unit, lm, tokens)
         return UnitResult(files, {"prompts": [unit.lo, unit.hi], "tokens": n_tokens})
-
-    def write_prompts(self) -> UnitResult:
-        buf = io.BytesIO()
-        pq.write_table(self.job.prompts.to_arrow(), buf, compression="zstd")
-        atomic_write_bytes(self.run.path / PROMPTS_FILE, buf.getvalue())
-        return UnitResult(hashed(self.run, [self.run.path / PROMPTS_FILE]))
 
     def write_shard(self, unit: ShardUnit, lm: LoadedModel, tokens: Any) -> tuple[dict, int]:
         """Compute and write one shard; ({path in the run: sha256}, tokens read)."""

@@ -1,4 +1,4 @@
-"""`saelab query RUN "SQL"`: DuckDB over the run's tables, without loading them first.
+"""`saelab query --run RUN "SQL"`: DuckDB over the run's tables, without loading them first.
 
 Each table is a view over its Parquet file, so DuckDB reads only the columns and row groups a
 query needs. Tables: `prompts` (prompt_index, id, text, group), `contrast` (when `contrast`
@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from saelab.atomic import atomic_write_bytes
 from saelab.errors import SaelabError
+from saelab.pipeline.options import RunOptions, option
 from saelab.progress import console
 
 
@@ -42,6 +44,14 @@ def connect(run: Path) -> Any:
 
 def _sql_str(p: Path) -> str:
     return str(p).replace("'", "''")
+
+
+class QueryConfig(RunOptions):
+    """SQL (DuckDB) over the run's tables."""
+
+    sql: str = option(..., "SQL over the tables prompts, contrast, ...", argument=True)
+    out: str | None = option(None, "write all rows to a .csv or .parquet")
+    limit: int = option(50, "rows to print")
 
 
 def run_query(run: str, sql: str, out: str | None = None, limit: int = 50) -> int:
@@ -79,8 +89,6 @@ def run_query(run: str, sql: str, out: str | None = None, limit: int = 50) -> in
 
 
 def _write(con: Any, rel: Any, out: Path) -> int:
-    from saelab.atomic import atomic_write_bytes
-
     fmt = {".csv": "CSV, HEADER", ".parquet": "PARQUET"}.get(out.suffix.lower())
     if fmt is None:
         raise SaelabError(f"--out {out}: use a .csv or .parquet file name")

@@ -1,16 +1,23 @@
-"""`saelab show RUN`: what a run holds and how its plan compared with reality."""
+"""`saelab show --run RUN`: what a run holds and how its plan compared with reality."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from saelab.errors import SaelabError
+from saelab.pipeline.options import RunOptions
 from saelab.progress import console
 from saelab.run import RunFolder
+from saelab.store import open_activations, open_traces
 from saelab.units import format_bytes, format_seconds
+
+
+class ShowConfig(RunOptions):
+    """Describe a run: its stages, its activation store, plan against measurement."""
 
 
 def show_run(path: str | Path) -> None:
@@ -68,7 +75,8 @@ def _train_table(out: Console, cfg: dict, units: dict) -> None:
     for col in cols:
         t.add_column(col, justify="left" if col == "hook" else "right")
     warnings = []
-    for hook, u in units.items():
+    trained = {hook: h for u in units.values() for hook, h in u.get("hooks", {}).items()}
+    for hook, u in trained.items():
         m, c = u.get("metrics", {}), cfg.get(hook, {})
         t.add_row(
             hook,
@@ -95,9 +103,9 @@ def _encode_table(out: Console, cfg: dict, stage: dict, units: dict) -> None:
               title_justify="left")  # fmt: skip
     for col in ("hook", "SAE", "format", "d_sae", "rows", "mean L0", "bytes"):
         t.add_column(col, justify="left" if col in ("hook", "SAE", "format") else "right")
-    for hook, u in units.items():
+    for key, u in units.items():
         t.add_row(
-            hook,
+            str(u.get("hook") or key),
             str(u.get("sae", "?")),
             str(u.get("format", "?")),
             f"{u.get('d_sae', 0):,}",
@@ -115,8 +123,6 @@ def _encode_table(out: Console, cfg: dict, stage: dict, units: dict) -> None:
 
 
 def _contrast_line(out: Console, run: Path) -> None:
-    import json
-
     for p in sorted((run / "stats").glob("contrast_summary*.json")):
         s = json.loads(p.read_text())
         n = s.get("groups", {})
@@ -157,8 +163,6 @@ def _plan_vs_measured(out: Console, stage: dict) -> None:
 
 
 def _store_table(out: Console, path: Path) -> None:
-    from saelab.store import open_activations
-
     store = open_activations(path)
     s = store.summary()
     total = RunFolder(path).read_config().get("extract", {}).get("n_prompts")
@@ -192,8 +196,6 @@ def _store_table(out: Console, path: Path) -> None:
 
 
 def _traces_table(out: Console, path: Path) -> None:
-    from saelab.store import open_traces
-
     s = open_traces(path).summary()
     a, p = s["answer_len"], s["prompt_len"]
     out.print(

@@ -20,7 +20,7 @@ What runs where, so that units can run in other processes (a Ray actor per worke
 
 Every unit record in manifest.json has the same shape, so anything can re-hash every file of
 every stage: `{"files": {relpath: sha256}, "bytes": int, "seconds": float, "peak_rss": int,
-"worker": str, ...info}`.
+"worker": str, ...info}`; files the driver wrote in `setup` are the stage's own `files`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from saelab.atomic import file_digest
+from saelab.errors import SaelabError
 from saelab.models.loading import LoadedModel, load_model, resolve_device, resolve_spec
 from saelab.pipeline.options import StageOptions
 from saelab.run import RunFolder
@@ -142,8 +143,13 @@ class Stage(Generic[C]):
     #: what a unit's `size` counts, for the driver's progress bar (None: no bar)
     progress: ClassVar[str | None] = None
 
+    #: False where the stage finds a run folder of its own (extract names one by default)
+    needs_run: ClassVar[bool] = True
+
     def __init__(self, config: C, run: str | Path | None = None) -> None:
         self.config = config
+        if run is None and config.run is None and self.needs_run:
+            raise SaelabError(f"--run is needed: name the run folder {self.name} works on")
         self.run = RunFolder(run if run is not None else (config.run or "."))
         self.fields: dict[str, Any] = {}  # manifest fields `prepare` sets (extract: the plan)
         self._binding: dict[str, Any] | None = None
@@ -175,8 +181,11 @@ class Stage(Generic[C]):
         `--overwrite` removes them."""
         raise NotImplementedError
 
-    def setup(self) -> None:
-        """Driver-side preparation of shared places (a store's root) before any unit runs."""
+    def setup(self) -> dict[str, str]:
+        """Driver-side preparation before any unit runs: shared places (a store's root) and
+        small files every unit reads (extract's prompt table). Returns the files it wrote
+        ({path in the run: sha256}), recorded as the stage's own `files`."""
+        return {}
 
     def units(self) -> list[Unit]:
         raise NotImplementedError

@@ -120,9 +120,6 @@ class TracesStage(PromptShardStage):
             tidy=tidy,
         )
 
-    def setup(self) -> None:
-        self.writer(tidy=True)
-
     def counts(self) -> tuple[int, int, int]:
         traces = open_traces(self.run.path)
         n = traces.n_traces

@@ -4,184 +4,298 @@ Per hook the result is `RUN/saes/<hook>/` in SAELens's layout, with its quality 
 `cfg.json` metadata and in the manifest: L0, explained variance, MSE, cosine, dead and dense
 features, a density histogram, and the cross-entropy loss recovered / KL when the SAE is
 spliced into the model on held-out text. A result that is not sparse is said loudly.
+
+The training itself (trainer, loop with held-out evaluation, early stopping, checkpoints,
+quality figures) is `saelab.sae`'s; this stage feeds it: from the store one unit per hook,
+streamed one unit for all the hooks (they train from the same forward pass). Each hook is a
+section of the configuration, so more hooks can be trained into the same run later.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import shutil
-import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from saelab.data.corpus import STDLIB_SOURCE, iter_texts, pack_windows, split_windows
 from saelab.errors import SaelabError
-from saelab.models.hooks import HookPoint, hook_point, select_hooks
-from saelab.pipeline.flags import flags_in_errors
-from saelab.pipeline.inputs import model_depth
-from saelab.pipeline.train_loop import LoopConfig, progress_dict, run_loop
+from saelab.models.adapters import adapter_for
+from saelab.models.describe import describe_model
+from saelab.models.hooks import hook_point, select_hooks
+from saelab.models.loading import LoadedModel, load_tokenizer, local_folder, resolve_spec
+from saelab.pipeline.driver import run_stage
+from saelab.pipeline.extract_job import DEVICE_HELP, MODEL_HELP, TEXT_COLUMN_HELP
+from saelab.pipeline.inputs import activations, model_depth, run_model
+from saelab.pipeline.options import StageOptions, option
+from saelab.pipeline.stage import Done, Finished, Stage, Unit, UnitResult, Worker, hashed
 from saelab.progress import say
-from saelab.run import RunFolder, config_hash
-from saelab.sae.metrics import FeatureFiring, evaluate_sae, sparsity_verdict, spliced_loss
-from saelab.sae.model import ARCHITECTURES
+from saelab.sae.fit import loop_config, quality, report_lines, steps_for, trainer_config, verdict
+from saelab.sae.loop import HookProgress, progress_dict, run_loop
+from saelab.sae.metrics import spliced_loss
 from saelab.sae.sources import StreamSource, store_source
-from saelab.sae.train import SAETrainer, TrainConfig
+from saelab.sae.train import SAETrainer
+from saelab.sae.train import TrainConfig as TrainerConfig
+from saelab.store import ActivationStore
 
-STAGE = "train"
 SAES_DIR = "saes"
 CKPT_DIR = "checkpoints/train"
 STREAM_TOKENS = 250_000  # corpus tokens a stream reads when --tokens is not given
 
 
-@dataclass
-class TrainOptions:
-    """Options of `saelab train`, as given."""
+class TrainConfig(StageOptions):
+    """Train SAEs (TopK, BatchTopK, JumpReLU, ReLU-L1) per hook; resumable; honest metrics."""
 
-    run: str
-    hooks: str | list[str] | None = None  # default: every hook of the store
-    arch: str = "topk"
-    expansion: int | None = 8  # d_sae = expansion * d_in, unless d_sae is given
-    d_sae: int | None = None
-    k: int | None = 32
-    l1: float = 0.2
-    l0_coef: float = 2e-3
-    lr: float = 4e-4
-    batch_size: int = 1024
-    tokens: int | None = None  # training tokens (default: --epochs over the data)
-    epochs: int = 1
-    seed: int = 0
-    dtype: str = "float32"  # compute dtype of the encoder matmul: float32 | bfloat16
-    device: str = "cpu"
-    patience: int | None = 3
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-    holdout: int = 32  # held-out prompts (store) or windows (stream)
-    stream: bool = False
-    corpus: str | None = None  # --stream text; default builtin:stdlib
-    model: str = "default"  # --stream model
-    context: int = 128
-    text_column: str = "text"
-    splice: bool = True  # measure CE loss recovered with the model
-    overwrite: bool = False
-    quiet: bool = False
-
-
-def _train_config(o: TrainOptions, d_in: int, total_steps: int) -> TrainConfig:
-    if o.arch not in ARCHITECTURES:
-        raise SaelabError(f"--arch {o.arch!r} is not one of {', '.join(ARCHITECTURES)}")
-    d_sae = o.d_sae or (o.expansion or 8) * d_in
-    k = o.k if o.arch in ("topk", "batchtopk") else None
-    if o.dtype not in ("float32", "bfloat16"):
-        raise SaelabError(f"--dtype {o.dtype!r}: training computes in float32 or bfloat16")
-    cfg = TrainConfig(
-        architecture=o.arch,
-        d_sae=d_sae,
-        k=k,
-        l1_coef=o.l1,
-        l0_coef=o.l0_coef,
-        lr=o.lr,
-        batch_size=o.batch_size,
-        total_steps=total_steps,
-        seed=o.seed,
-        compute_dtype=o.dtype,
+    hooks: str | None = option(None, "hooks to train (default: every stored hook)")
+    arch: str = option("topk", "topk | batchtopk | jumprelu | relu")
+    expansion: int | None = option(8, "d_sae = expansion x d_in")
+    d_sae: int | None = option(None, "latents (overrides --expansion)")
+    k: int | None = option(32, "active latents per token (topk, batchtopk)")
+    l1: float = option(0.2, "relu: L1 coefficient")
+    l0_coef: float = option(2e-3, "jumprelu: L0 coefficient")
+    lr: float = option(4e-4, "Adam learning rate")
+    batch_size: int = option(1024, "tokens per step")
+    tokens: int | None = option(
+        None,
+        "training tokens (default: --epochs over the data; --stream reads tokens/epochs of"
+        " the corpus, 250,000 without --tokens)",
     )
-    cfg.check(d_in)  # bad settings are refused before anything is written
-    return cfg
+    epochs: int = option(1, "passes over the data")
+    seed: int = option(0, "initialisation and data order")
+    dtype: str = option("float32", "encoder matmul: float32 | bfloat16")
+    device: str = option("cpu", DEVICE_HELP)
+    patience: int | None = option(3, "stop after N evaluations without EV gain (0: never)")
+    eval_every: int | None = option(None, "steps between evaluations")
+    checkpoint_every: int | None = option(None, "steps between checkpoints")
+    holdout: int = option(32, "held-out prompts / windows")
+    stream: bool = option(False, "capture from the model over --corpus")
+    corpus: str | None = option(None, "--stream text: txt/jsonl/parquet file or folder")
+    model: str = option("default", MODEL_HELP)
+    context: int = option(128, "--stream: tokens per window")
+    text_column: str = option("text", TEXT_COLUMN_HELP)
+    splice: bool = option(True, "measure CE loss recovered in the model")
 
 
-def _loop_config(o: TrainOptions, total: int) -> LoopConfig:
-    every = max(1, total // 10)
-    return LoopConfig(
-        total_steps=total,
-        eval_every=o.eval_every or every,
-        checkpoint_every=o.checkpoint_every or every,
-        patience=o.patience or None,
-        quiet=o.quiet,
-    )
+@dataclass(frozen=True)
+class HooksUnit(Unit):
+    """SAEs trained together: one hook from the store, every hook of a stream."""
+
+    hooks: tuple[str, ...] = ()
 
 
-def _steps(o: TrainOptions, per_epoch: int) -> int:
-    if o.epochs < 1:
-        raise SaelabError(f"--epochs {o.epochs} must be at least 1")
-    if o.tokens:
-        return max(1, o.tokens // o.batch_size)
-    return max(1, per_epoch * o.epochs)
+class TrainStage(Stage[TrainConfig]):
+    name = "train"
+    sections = True
 
-
-def run_train(o: TrainOptions) -> dict[str, dict[str, Any]]:
-    with flags_in_errors(f.name for f in dataclasses.fields(o)):
-        return _run_train(o)
-
-
-def _run_train(o: TrainOptions) -> dict[str, dict[str, Any]]:
-    """Train one SAE per hook; return the metrics per hook."""
-    run = RunFolder(o.run)
-    if o.batch_size < 1:
-        raise SaelabError(f"--batch-size {o.batch_size} must be at least 1")
-    if o.stream:
-        return _train_stream(o, run)
-    return _train_store(o, run)
-
-
-# -- from the store ----------------------------------------------------------------------
-def _train_store(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
-    from saelab.store import open_activations
-
-    if not (run.path / "activations").is_dir():
-        raise SaelabError(
-            f"{run.path} has no activation store: run `saelab extract --run {run.path}` first,"
-            " or train with --stream"
-        )
-    store = open_activations(run.path)
-    hooks = [
-        h.name
-        for h in select_hooks(
-            o.hooks,
-            store.hooks,
-            model_depth(run, store.attrs.get("model"), store.hooks),
-            where="the activation store",
-            fix="extract it first or pick a stored hook",
-        )
-    ]
-    results = {}
-    for hook in hooks:
-        src = store_source(store, hook, o.batch_size, o.seed, o.holdout)
-        if src.batches_per_epoch == 0:
-            raise SaelabError(
-                f"{hook}: {len(src.rows)} training rows are fewer than one batch"
-                f" ({o.batch_size}); extract more prompts or lower --batch-size"
-            )
-        total = _steps(o, src.batches_per_epoch)
-        cfg = _train_config(o, store.d_model[hook], total)
+    def prepare(self) -> dict[str, Any]:
+        o = self.config
+        if o.batch_size < 1:
+            raise SaelabError(f"--batch-size {o.batch_size} must be at least 1")
+        if o.epochs < 1:
+            raise SaelabError(f"--epochs {o.epochs} must be at least 1")
+        if o.stream:
+            return self._prepare_stream()
+        store = self.store
+        depth = model_depth(self.run, store.attrs.get("model"), store.hooks)
+        hooks = select_hooks(o.hooks, store.hooks, depth, where="the activation store",
+                             fix="extract it first or pick a stored hook")  # fmt: skip
+        self.hooks = [h.name for h in hooks]
         data = f"store:{store.n_rows}"
-        done = run.done_units(STAGE).get(hook)
-        if (
-            done
-            and done.get("config_hash") == _conf_key(o, cfg, data)
-            and (run.path / SAES_DIR / hook).is_dir()
-        ):
-            say(f"train: {hook} already trained", o.quiet)
-            results[hook] = done["metrics"]
-            continue
-        _check_bindable(run, o, hook, cfg, data)
-        held = src.heldout()  # checks (part of) the data before anything is written
-        sample = src.sample(8192)
-        key = _bind(run, o, hook, cfg, data=data)
-        trainer = SAETrainer(cfg, store.d_model[hook], sample, o.device)
+        binding = {}
+        for hook in self.hooks:
+            src = self._store_source(hook)
+            if src.batches_per_epoch == 0:
+                raise SaelabError(
+                    f"{hook}: {len(src.rows)} training rows are fewer than one batch"
+                    f" ({o.batch_size}); extract more prompts or lower --batch-size"
+                )
+            cfg = self._trainer_config(store.d_model[hook], src.batches_per_epoch)
+            binding[hook] = {**asdict(cfg), "data": data, "device": o.device}
+        return binding
 
-        def batches(start: int, src=src, hook=hook):  # noqa: ANN202
+    def _prepare_stream(self) -> dict[str, Any]:
+        o = self.config
+        info = describe_model(o.model)
+        adapter = adapter_for(info.adapter_config())
+        hooks = select_hooks(o.hooks or "resid_post.6", None, info.shape.n_layers,
+                             adapter.hook_for_module_path)  # fmt: skip
+        self.hooks = [h.name for h in hooks]
+        train_w, _, n_tokens = self.windows
+        src = self._stream_source(None, train_w)
+        cfg = self._trainer_config(info.shape.d_model, src.batches_per_epoch)
+        data = f"stream:{o.corpus or STDLIB_SOURCE}:{n_tokens}"
+        return {h: {**asdict(cfg), "data": data, "device": o.device} for h in self.hooks}
+
+    def outputs(self, sections: list[str] | None = None) -> list[str]:
+        if sections is None:
+            return [SAES_DIR, CKPT_DIR]
+        return [*(f"{SAES_DIR}/{h}" for h in sections),
+                *(f"{CKPT_DIR}/{h}.pt" for h in sections), f"{CKPT_DIR}/stream.pt"]  # fmt: skip
+
+    def units(self) -> list[Unit]:
+        if self.config.stream:
+            return [HooksUnit("stream:" + ",".join(self.hooks), 1, tuple(self.hooks))]
+        return [HooksUnit(h, 1, (h,)) for h in self.hooks]
+
+    def finish(self, done: Done) -> Finished:
+        results: dict[str, dict[str, Any]] = {}
+        for key, rec in done.records.items():
+            for hook, h in rec["hooks"].items():
+                results[hook] = h["metrics"]
+                if key in done.ran:
+                    for line in report_lines(hook, h["metrics"]):
+                        print(line)
+                else:
+                    say(f"train: {hook} already trained", self.config.quiet)
+        return Finished(results)
+
+    # -- any process -----------------------------------------------------------------------
+    @cached_property
+    def store(self) -> ActivationStore:
+        if not (self.run.path / "activations").is_dir():
+            raise SaelabError(
+                f"{self.run.path} has no activation store: run `saelab extract --run"
+                f" {self.run.path}` first, or train with --stream"
+            )
+        return activations(self.run)
+
+    @cached_property
+    def windows(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(training windows, held-out windows, corpus tokens read) of a stream."""
+        o = self.config
+        local_folder(resolve_spec(o.model), quiet=o.quiet)  # a GGUF is converted once
+        tokenizer = load_tokenizer(o.model)
+        corpus = o.corpus or STDLIB_SOURCE
+        # --tokens counts training tokens in both modes: a stream reads tokens/epochs
+        distinct = -(-o.tokens // o.epochs) if o.tokens else STREAM_TOKENS
+        want = distinct + o.holdout * o.context
+        say(f"train: reading {corpus} ({want:,} tokens)", o.quiet)
+        texts = iter_texts(corpus, text_column=o.text_column)
+        w = pack_windows(texts, tokenizer, context=o.context, max_tokens=want, source=corpus)
+        train_w, held_w = split_windows(w, o.holdout, seed=o.seed)
+        return train_w, held_w, w.n_tokens
+
+    def _store_source(self, hook: str) -> Any:
+        o = self.config
+        return store_source(self.store, hook, o.batch_size, o.seed, o.holdout)
+
+    def _stream_source(self, lm: LoadedModel | None, train_w: np.ndarray) -> StreamSource:
+        o = self.config
+        hooks = [hook_point(h) for h in self.hooks]
+        per_buffer = max(1, 65536 // (o.context - 1))
+        return StreamSource(lm, hooks, train_w, o.batch_size, o.seed, per_buffer)
+
+    def _trainer_config(self, d_in: int, per_epoch: int) -> TrainerConfig:
+        o = self.config
+        total = steps_for(o.tokens, o.epochs, o.batch_size, per_epoch)
+        return trainer_config(
+            d_in, total, arch=o.arch, d_sae=o.d_sae, expansion=o.expansion, k=o.k, l1=o.l1,
+            l0_coef=o.l0_coef, lr=o.lr, batch_size=o.batch_size, seed=o.seed, dtype=o.dtype,
+        )  # fmt: skip
+
+    def _loop(self, total: int) -> Any:
+        o = self.config
+        return loop_config(total, o.eval_every, o.checkpoint_every, o.patience, o.quiet)
+
+    def run_unit(self, unit: HooksUnit, worker: Worker) -> UnitResult:
+        if self.config.stream:
+            return self._train_stream(unit, worker)
+        o, store, hook = self.config, self.store, unit.hooks[0]
+        src = self._store_source(hook)
+        cfg = self._trainer_config(store.d_model[hook], src.batches_per_epoch)
+        held = src.heldout()  # checks (part of) the data before anything is written
+        trainer = SAETrainer(cfg, store.d_model[hook], src.sample(8192), o.device)
+
+        def batches(start: int) -> Any:
             return ({hook: b} for b in src.batches(start))
 
-        prog = run_loop(
-            {hook: trainer}, batches, {hook: held}, _loop_config(o, total), _ckpt(run, hook)
-        )
+        prog = run_loop({hook: trainer}, batches, {hook: held}, self._loop(cfg.total_steps),
+                        self._ckpt(hook))  # fmt: skip
         windows = _heldout_windows_from_store(store, o.holdout, o.context)
-        results[hook] = _finish(o, run, hook, trainer, held, prog[hook], key, windows, None)
-    return results
+        return self._results({hook: trainer}, {hook: held}, prog, windows, None, worker)
+
+    def _train_stream(self, unit: HooksUnit, worker: Worker) -> UnitResult:
+        o = self.config
+        lm = worker.model(o.model, device=o.device, quiet=o.quiet)
+        train_w, held_w, _ = self.windows
+        src = self._stream_source(lm, train_w)
+        held = src.capture(held_w[: max(1, 8192 // (held_w.shape[1] - 1))])
+        sample = src.sample(8192)
+        per_epoch = src.batches_per_epoch
+        trainers = {
+            h: SAETrainer(
+                self._trainer_config(lm.d_model, per_epoch), lm.d_model, sample[h], o.device
+            )  # fmt: skip
+            for h in unit.hooks
+        }
+        total = next(iter(trainers.values())).cfg.total_steps
+        prog = run_loop(trainers, src.batches, held, self._loop(total),
+                        self._ckpt("stream"))  # fmt: skip
+        return self._results(trainers, held, prog, held_w[:16], lm, worker)
+
+    def _ckpt(self, name: str) -> Path:
+        return self.run.path / CKPT_DIR / f"{name}.pt"
+
+    def _results(
+        self,
+        trainers: dict[str, SAETrainer],
+        held: dict[str, torch.Tensor],
+        prog: dict[str, HookProgress],
+        windows: np.ndarray | None,
+        lm: LoadedModel | None,
+        worker: Worker,
+    ) -> UnitResult:
+        """Final figures, the SAE folders, and the unit's record of them."""
+        files, hooks = {}, {}
+        for hook, trainer in trainers.items():
+            metrics = self._finish(hook, trainer, held[hook], windows, lm, worker)
+            folder = self.run.path / SAES_DIR / hook
+            files.update(hashed(self.run, [p for p in folder.iterdir() if p.is_file()]))
+            hooks[hook] = {"metrics": metrics, **progress_dict(prog[hook])}
+        for name in (*trainers, "stream"):
+            self._ckpt(name).unlink(missing_ok=True)
+        return UnitResult(files, {"hooks": hooks})
+
+    def _finish(self, hook: str, trainer: SAETrainer, held: torch.Tensor,
+                windows: np.ndarray | None, lm: LoadedModel | None,
+                worker: Worker) -> dict[str, Any]:  # fmt: skip
+        o = self.config
+        metrics, log_density = quality(trainer, held)
+        if o.splice and windows is not None and len(windows):
+            lm = lm or self._run_model(worker)
+            if lm is not None:
+                s = spliced_loss(lm, trainer.to_sae(), hook_point(hook), torch.as_tensor(windows),
+                                 batch_size=4)  # fmt: skip
+                keys = ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "kl_div")
+                metrics.update({k: s[k] for k in keys})
+        metrics["warnings"] = verdict(metrics, trainer.cfg.d_sae)
+        meta = {
+            "hook_name": hook,
+            "model_name": getattr(lm, "name", None)
+            or self.run.read_config().get("extract", {}).get("model", o.model),
+            "context_size": o.context,
+            "prepend_bos": True,
+            "dataset_path": o.corpus or ("builtin:stdlib" if o.stream else "activation store"),
+            "l0": metrics["l0"],
+            "explained_variance": metrics["explained_variance"],
+            "dead_features": metrics["dead_features"],
+            "trained_tokens": trainer.state.tokens,
+            **{k: metrics[k] for k in ("ce_loss_recovered", "kl_div") if k in metrics},
+        }
+        trainer.to_sae(meta).save(self.run.path / SAES_DIR / hook, log_density=log_density)
+        return metrics
+
+    def _run_model(self, worker: Worker) -> LoadedModel | None:
+        model = run_model(self.run, self.config.model)
+        try:
+            return worker.model(model, quiet=True)
+        except SaelabError:
+            say(f"train: model {model} not available; CE loss recovered skipped",
+                self.config.quiet)  # fmt: skip
+            return None
 
 
 def _heldout_windows_from_store(store: Any, n_prompts: int, context: int) -> np.ndarray | None:
@@ -195,215 +309,6 @@ def _heldout_windows_from_store(store: Any, n_prompts: int, context: int) -> np.
     return np.stack([np.asarray(s[:length], dtype=np.int64) for s in seqs])[:32]
 
 
-# -- streamed from the model ---------------------------------------------------------------
-def _train_stream(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
-    from saelab.data.corpus import STDLIB_SOURCE, iter_texts, pack_windows, split_windows
-    from saelab.models.loading import load_model
-
-    lm = load_model(o.model, device=o.device, quiet=o.quiet)
-    hooks: list[HookPoint] = select_hooks(
-        o.hooks or "resid_post.6", None, lm.n_layers, lm.hook_for_module_path
-    )
-    corpus = o.corpus or STDLIB_SOURCE
-    if o.epochs < 1:
-        raise SaelabError(f"--epochs {o.epochs} must be at least 1")
-    # --tokens counts training tokens in both modes: a stream reads tokens/epochs of the corpus
-    distinct = -(-o.tokens // o.epochs) if o.tokens else STREAM_TOKENS
-    want = distinct + o.holdout * o.context
-    say(f"train: reading {corpus} ({want:,} tokens)", o.quiet)
-    w = pack_windows(
-        iter_texts(corpus, text_column=o.text_column),
-        lm.tokenizer,
-        context=o.context,
-        max_tokens=want,
-        source=corpus,
-    )
-    train_w, held_w = split_windows(w, o.holdout, seed=o.seed)
-    src = StreamSource(
-        lm,
-        hooks,
-        train_w,
-        o.batch_size,
-        o.seed,
-        windows_per_buffer=max(1, 65536 // (o.context - 1)),
-    )
-    total = _steps(o, src.batches_per_epoch)
-    cfg = _train_config(o, lm.d_model, total)
-    data = f"stream:{corpus}:{w.n_tokens}"
-    done = run.done_units(STAGE)
-    if all(
-        done.get(h.name, {}).get("config_hash") == _conf_key(o, cfg, data)
-        and (run.path / SAES_DIR / h.name).is_dir()
-        for h in hooks
-    ):
-        say(f"train: {', '.join(h.name for h in hooks)} already trained", o.quiet)
-        return {h.name: done[h.name]["metrics"] for h in hooks}
-    for h in hooks:
-        _check_bindable(run, o, h.name, cfg, data)
-    held = _capture_heldout(src, held_w)
-    sample = src.sample(8192)
-    trainers, keys = {}, {}
-    for h in hooks:
-        keys[h.name] = _bind(run, o, h.name, cfg, data=data)
-        trainers[h.name] = SAETrainer(
-            _train_config(o, lm.d_model, total), lm.d_model, sample[h.name], o.device
-        )
-    prog = run_loop(trainers, src.batches, held, _loop_config(o, total), _ckpt(run, "stream"))
-    return {
-        h: _finish(o, run, h, trainers[h], held[h], prog[h], keys[h], held_w[:16], lm)
-        for h in trainers
-    }
-
-
-def _capture_heldout(src: StreamSource, held_w: np.ndarray) -> dict[str, torch.Tensor]:
-    return src.capture(held_w[: max(1, 8192 // (held_w.shape[1] - 1))])
-
-
-# -- shared ------------------------------------------------------------------------------
-def _conf(o: TrainOptions, cfg: TrainConfig, data: str) -> dict[str, Any]:
-    return {**asdict(cfg), "data": data, "device": o.device}
-
-
-def _conf_key(o: TrainOptions, cfg: TrainConfig, data: str) -> str:
-    return config_hash(_conf(o, cfg, data))
-
-
-def _check_bindable(
-    run: RunFolder, o: TrainOptions, hook: str, cfg: TrainConfig, data: str
-) -> dict[str, Any]:
-    """Refuse (before any work) a configuration that differs from the one a hook was
-    trained with, unless --overwrite; return the run's current train section."""
-    conf = _clean(_conf(o, cfg, data))
-    current = run.read_config().get(STAGE, {})
-    old = current.get(hook)
-    if old is not None and old != conf and not o.overwrite:
-        diffs = sorted(k for k in set(old) | set(conf) if old.get(k) != conf.get(k))
-        raise SaelabError(
-            f"{run.path}: {hook} was trained with another configuration ({', '.join(diffs[:3])}"
-            " differ); use another --run or --overwrite"
-        )
-    return current
-
-
-def _bind(run: RunFolder, o: TrainOptions, hook: str, cfg: TrainConfig, data: str) -> str:
-    """Record the configuration; a different one for a hook already trained is refused."""
-    conf = _conf(o, cfg, data)
-    key = config_hash(conf)
-    current = _check_bindable(run, o, hook, cfg, data)
-    old = current.get(hook)
-    if old != _clean(conf):
-        if o.overwrite:
-            shutil.rmtree(run.path / SAES_DIR / hook, ignore_errors=True)
-            _ckpt(run, hook).unlink(missing_ok=True)
-            _ckpt(run, "stream").unlink(missing_ok=True)
-        run.bind_config(STAGE, {**current, hook: conf}, overwrite=True)
-    return key
-
-
-def _clean(conf: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in conf.items() if v is not None}
-
-
-def _ckpt(run: RunFolder, name: str) -> Path:
-    return run.path / CKPT_DIR / f"{name}.pt"
-
-
-def _finish(
-    o: TrainOptions,
-    run: RunFolder,
-    hook: str,
-    trainer: SAETrainer,
-    held: torch.Tensor,
-    prog: Any,
-    key: str,
-    windows: np.ndarray | None,
-    lm: Any | None,
-) -> dict[str, Any]:
-    """Final metrics, the SAE folder, the manifest entry, and a loud verdict if not sparse."""
-    t0 = time.perf_counter()
-    sae = trainer.to_sae()
-    batches = [held[i : i + 4096] for i in range(0, len(held), 4096)]
-    m = evaluate_sae(sae, batches)
-    dead = int(trainer.dead_mask().sum())
-    metrics: dict[str, Any] = {
-        "l0": m["l0"],
-        "explained_variance": m["explained_variance"],
-        "mse": m["mse"],
-        "cosine": m["cosine"],
-        "dead_features": dead,
-        "dead_fraction": dead / trainer.cfg.d_sae,
-        "dead_window_tokens": trainer.cfg.dead_window,
-        "dense_features": m["dense"],
-        "dense_fraction": m["dense_fraction"],
-        "density_histogram": [[_finite(a), _finite(b), c] for a, b, c in m["density_histogram"]],
-        "heldout_tokens": m["n_tokens"],
-        "train_tokens": trainer.state.tokens,
-        "steps": trainer.state.step,
-    }
-    if o.splice and windows is not None and len(windows):
-        lm = lm or _load_run_model(run, o)
-        if lm is not None:
-            hp = hook_point(hook)
-            s = spliced_loss(lm, sae, hp, torch.as_tensor(windows), batch_size=4)
-            metrics.update(
-                {k: s[k] for k in ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "kl_div")}
-            )
-    warnings = sparsity_verdict({**m, "l0": m["l0"]}, trainer.cfg.d_sae)
-    metrics["warnings"] = warnings
-    meta = {
-        "hook_name": hook,
-        "model_name": getattr(lm, "name", None)
-        or run.read_config().get("extract", {}).get("model", o.model),
-        "context_size": o.context,
-        "prepend_bos": True,
-        "dataset_path": o.corpus or ("builtin:stdlib" if o.stream else "activation store"),
-        "l0": metrics["l0"],
-        "explained_variance": metrics["explained_variance"],
-        "dead_features": dead,
-        "trained_tokens": trainer.state.tokens,
-        **{k: metrics[k] for k in ("ce_loss_recovered", "kl_div") if k in metrics},
-    }
-    final = trainer.to_sae(meta)
-    firing = FeatureFiring(trainer.cfg.d_sae)
-    with torch.no_grad():
-        for xb in batches:
-            firing.update(sae.encode(xb.float()))
-    log_density = torch.log10(firing.density().clamp_min(1e-10)).float()
-    final.save(run.path / SAES_DIR / hook, log_density=log_density)
-    metrics["seconds_eval"] = time.perf_counter() - t0
-    run.record_unit(STAGE, hook, {"config_hash": key, "metrics": metrics, **progress_dict(prog)})
-    trained = set(run.done_units(STAGE))
-    run.update_stage(STAGE, complete=set(run.read_config().get(STAGE, {})) <= trained)
-    _ckpt(run, hook).unlink(missing_ok=True)
-    _report(hook, metrics, o.quiet)
-    return metrics
-
-
-def _finite(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
-def _load_run_model(run: RunFolder, o: TrainOptions) -> Any | None:
-    spec = run.read_config().get("extract", {}).get("model_key")
-    model = run.read_config().get("extract", {}).get("model", o.model)
-    try:
-        from saelab.models.loading import load_model
-
-        name = "default" if model == "HuggingFaceTB/SmolLM2-135M-Instruct" else model
-        return load_model(name, quiet=True)
-    except SaelabError:
-        say(f"train: model {model} ({spec}) not available; CE loss recovered skipped", o.quiet)
-        return None
-
-
-def _report(hook: str, m: dict[str, Any], quiet: bool) -> None:
-    line = (
-        f"{hook}: explained variance {m['explained_variance']:.3f}, L0 {m['l0']:.1f},"
-        f" cosine {m['cosine']:.3f}, dead {m['dead_features']} ({100 * m['dead_fraction']:.1f}%),"
-        f" dense {m['dense_features']}"
-    )
-    if "ce_loss_recovered" in m:
-        line += f", CE loss recovered {m['ce_loss_recovered']:.3f}, KL {m['kl_div']:.4f}"
-    print(line)
-    for w in m["warnings"]:
-        print(f"  WARNING {w}")
+def run_train(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Train one SAE per hook; return the metrics per hook."""
+    return run_stage(TrainStage(config))

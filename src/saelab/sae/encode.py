@@ -15,6 +15,7 @@ k, so it encodes fully and keeps the chosen columns.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from saelab.errors import SaelabError
+from saelab.sae.model import SAE
 
 CHUNK_BYTES = 32 * 2**20
 
@@ -56,10 +58,6 @@ def _narrow(sae: torch.nn.Module, cols: torch.Tensor) -> torch.nn.Module | None:
     """The same SAE restricted to some features, for gate-per-feature architectures (ReLU,
     JumpReLU): each feature's code depends only on its own encoder column, so encoding the
     narrow SAE gives exactly those columns of the full codes. None for TopK (it needs all)."""
-    import dataclasses
-
-    from saelab.sae.model import SAE
-
     cfg = sae.cfg
     if cfg.architecture not in ("relu", "jumprelu") or not isinstance(sae, SAE):
         return None
@@ -124,8 +122,6 @@ def _nonzeros(
     without a dense code matrix: TopK keeps its k values (ReLU applied after the top-k picks
     the same positive values), a gate compares once against max(threshold, 0). Returns None
     for an SAE this does not know (the dense path handles it)."""
-    from saelab.sae.model import SAE
-
     if not isinstance(sae, SAE):
         return None
     arch = sae.cfg.architecture

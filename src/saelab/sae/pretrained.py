@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from saelab.errors import SaelabError
+from saelab.hub import Fetcher, parse_hf_uri
 from saelab.models.hooks import HookPoint
+from saelab.sae.formats import candidates, detect, folder_of, load_local
 
 
 @dataclass
@@ -95,8 +97,6 @@ def _single(spec: str, hooks: list[HookPoint] | None) -> list[SAESource]:
 
 
 def _looks_like_sae(folder: Path) -> bool:
-    from saelab.sae.formats import detect
-
     try:
         detect(folder)
         return True
@@ -115,17 +115,12 @@ def load_sae(
     location: str, fetcher: Any | None = None, *, dtype: str | None = None, device: str = "cpu"
 ) -> LoadedSAE:
     """Load one SAE; from the hub only the files its format needs are fetched."""
-    from saelab.sae.formats import detect, load_local
-
     if not is_remote(location):
         p = Path(location)
         if not p.exists():
             raise SaelabError(f"SAE {location} does not exist; check the path")
         fmt = detect(p).name
         return LoadedSAE(load_local(p, dtype=dtype, device=device), [], fmt)
-    from saelab.hub import Fetcher, parse_hf_uri
-    from saelab.sae.formats import candidates, folder_of
-
     hp = parse_hf_uri(location)
     fetcher = fetcher or Fetcher()
     tried: list[str] = []

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from saelab.errors import SaelabError
+from saelab.models.capture import HookCapture, make_batch
 
 
 def _rng(seed: int, *salt: int) -> np.random.Generator:
@@ -204,8 +205,6 @@ class StreamSource:
     ) -> dict[str, torch.Tensor]:
         """Rows (BOS dropped) of every hook over some windows (numbered `ids` in the corpus,
         for error messages), in window order."""
-        from saelab.models.capture import HookCapture, make_batch
-
         lm = self.lm
         out: dict[str, list[torch.Tensor]] = {h.name: [] for h in self.hooks}  # type: ignore[attr-defined]
         with HookCapture(lm.model, lm.adapter, self.hooks) as cap:  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Reading generation traces: `open_traces` gives numpy arrays, one trace at a time.
 
-`TraceDataset` (torch tensors, batching, attention graphs) is in `trace_dataset`, so reading
-a store with numpy alone never imports torch.
+`TraceDataset` (torch tensors, batching, attention graphs) is in `trace_dataset` (and in
+`saelab.store`), so reading a store with numpy alone never imports torch.
 
 Only zarr chunks, JSON and Parquet are read, never a pickle, so a trace store from anyone is
 safe to open. Opening reads the small per-shard index arrays once; a trace's hidden states or
@@ -281,12 +281,3 @@ class TraceStore:
             "bytes_raw": raw,
             "ratio": raw / disk if disk else None,
         }
-
-
-def __getattr__(name: str) -> Any:
-    """`TraceDataset` lives in trace_dataset (it needs torch); importable from here too."""
-    if name == "TraceDataset":
-        from saelab.store.trace_dataset import TraceDataset
-
-        return TraceDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,13 +23,15 @@ decoders its trainer keeps.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import saelab.sae.formats.common as c
 from saelab.errors import SaelabError
-from saelab.sae.formats import common as c
+from saelab.sae.formats.registry import FormatSpec, register
 from saelab.sae.model import SAE
 
 AE = "ae.pt"
@@ -170,3 +172,21 @@ def load_dictionary_learning(path: Path, dtype: str | None) -> SAE:
         metadata={"k": meta_k} if meta_k is not None else None,
     )
     return c.build(cfg, state, file, c.pick_dtype(state["W_enc"].dtype, dtype, file))
+
+
+DICTIONARY_LEARNING = register(
+    FormatSpec(
+        "dictionary_learning",
+        (AE,),
+        (CFG,),
+        load=load_dictionary_learning,
+        rank=60,
+        hub_files=(AE, CFG),
+        suffixes=(".pt",),
+        suffix_rank=2,
+        folder_hint=re.compile(r"(?:^|/)trainer_\d+$|_layer_?\d+/"),
+        hint_rank=4,
+        sniff=lambda file, probe: file.suffix == ".pt" and infer_class(probe.pt()) != "unknown",  # noqa: E501
+        sniff_rank=50,
+    )
+)

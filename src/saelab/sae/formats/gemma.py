@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+import saelab.sae.formats.common as c
 from saelab.errors import SaelabError
-from saelab.sae.formats import common as c
+from saelab.sae.formats.registry import FormatSpec, register
 from saelab.sae.model import SAE
 
 NPZ = "params.npz"
@@ -172,3 +173,30 @@ def load_gemma_scope_2(path: Path, dtype: str | None) -> SAE:
         metadata={"l0": raw["l0"]} if isinstance(raw.get("l0"), (int, float)) else None,
     )
     return c.build(cfg, state, file, c.pick_dtype(w_enc.dtype, dtype, file))
+
+
+GEMMA_SCOPE_2 = register(
+    FormatSpec(
+        "gemma_scope_2",
+        (ST, CFG),
+        load=load_gemma_scope_2,
+        rank=30,
+        hub_files=(ST, CFG),
+        folder_hint=re.compile(r"layer_\d+_width_\w+?_l0_"),
+        hint_rank=1,
+    )
+)
+GEMMA_SCOPE = register(
+    FormatSpec(
+        "gemma_scope",
+        (NPZ,),
+        load=load_gemma_scope,
+        rank=40,
+        hub_files=(NPZ,),
+        suffixes=(".npz",),
+        folder_hint=re.compile(r"(?:^|/)layer_\d+/width_\w+/|average_l0_\d+|/canonical$"),
+        hint_rank=2,
+        sniff=lambda file, probe: file.suffix == ".npz",
+        sniff_rank=20,
+    )
+)

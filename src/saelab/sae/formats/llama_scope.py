@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+import saelab.sae.formats.common as c
 from saelab.errors import SaelabError
-from saelab.sae.formats import common as c
+from saelab.sae.formats.registry import FormatSpec, register
 from saelab.sae.model import SAE
 
 HYPER = "hyperparams.json"
@@ -127,3 +128,16 @@ def load_llama_scope(path: Path, dtype: str | None) -> SAE:
         metadata={"norm_scaling_in": s_in, "norm_scaling_out": s_out},
     )
     return c.build(cfg, state, file, c.pick_dtype(enc.dtype, dtype, file))
+
+
+LLAMA_SCOPE = register(
+    FormatSpec(
+        "llama_scope",
+        (HYPER, WEIGHTS),
+        load=load_llama_scope,
+        rank=50,
+        hub_files=(HYPER, "final.safetensors"),
+        folder_hint=re.compile(r"L\d+(?:R|A|M|TC)-\d+x"),
+        hint_rank=3,
+    )
+)

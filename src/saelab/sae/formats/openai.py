@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import saelab.sae.formats.common as c
 from saelab.errors import SaelabError
-from saelab.sae.formats import common as c
+from saelab.sae.formats.registry import FormatSpec, register
 from saelab.sae.model import SAE
 
 KEYS = ("pre_bias", "latent_bias", "encoder.weight", "decoder.weight")
@@ -77,3 +78,18 @@ def load_openai_v5(path: Path, dtype: str | None) -> SAE:
         normalize_activations="layer_norm" if norm else "none",
     )
     return c.build(cfg, state, file, c.pick_dtype(enc.dtype, dtype, file))
+
+
+OPENAI_V5 = register(
+    FormatSpec(
+        "openai_v5",
+        ("",),
+        load=load_openai_v5,
+        rank=80,
+        suffixes=(".pt",),
+        path_hint=re.compile(r"resid_(?:post|delta)_(?:mlp|attn)|mlp_post_act"),
+        suffix_rank=3,
+        sniff=lambda file, probe: file.suffix == ".pt" and all(k in probe.pt() for k in KEYS),
+        sniff_rank=30,
+    )
+)

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+import saelab.sae.formats.common as c
 from saelab.errors import SaelabError
-from saelab.sae.formats import common as c
+from saelab.sae.formats.registry import FormatSpec, Probe, register
 from saelab.sae.model import SAE
 
 CLT_RE = re.compile(r"^W_enc_(\d+)\.safetensors$")
@@ -183,3 +184,44 @@ def load_clt_layer(path: Path, dtype: str | None) -> SAE:
         has_decoder=False,
     )
     return c.build(cfg, state, file, c.pick_dtype(w_enc.dtype, dtype, file))
+
+
+def _is_clt(file: Path, probe: Probe) -> bool:
+    if CLT_RE.match(file.name):
+        return True
+    keys = probe.safetensors_keys() if file.suffix == ".safetensors" else []
+    return any(re.fullmatch(r"W_enc_\d+", k) for k in keys)
+
+
+def _is_torch_dict(file: Path, probe: Probe) -> bool:
+    if file.suffix == ".pt":
+        sd = probe.pt()
+        return "W_enc" in sd and "b_enc" in sd
+    return file.suffix == ".safetensors" and "W_enc" in probe.safetensors_keys()
+
+
+CLT_LAYER = register(
+    FormatSpec(
+        "clt_layer",
+        ("",),
+        YAMLS,
+        load=load_clt_layer,
+        rank=70,
+        name_re=CLT_RE,
+        sniff=_is_clt,
+        sniff_rank=10,
+    )
+)
+TORCH_DICT = register(
+    FormatSpec(
+        "torch_dict",
+        ("",),
+        YAMLS,
+        load=load_torch_dict,
+        rank=90,
+        suffixes=(".pt", ".safetensors"),
+        suffix_rank=1,
+        sniff=_is_torch_dict,
+        sniff_rank=40,
+    )
+)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import saelab.sae.formats.common as c
 from saelab.errors import SaelabError
-from saelab.sae.formats import common as c
+from saelab.sae.formats.registry import FormatSpec, register
 from saelab.sae.model import SAE
 
 CFG = "cfg.json"
@@ -97,3 +98,17 @@ def load_sparsify(path: Path, dtype: str | None) -> SAE:
         skip_connection=skip,
     )
     return c.build(cfg, state, file, c.pick_dtype(enc.dtype, dtype, file))
+
+
+SPARSIFY = register(
+    FormatSpec(
+        "sparsify",
+        (CFG, WEIGHTS),
+        ("../config.json",),
+        load=load_sparsify,
+        rank=20,
+        hub_files=(CFG, WEIGHTS),
+        folder_hint=re.compile(r"(?:^|/)(?:[\w.]*\.)?(?:layers|h)\.\d+(?:\.\w+)?$"),
+        hint_rank=5,
+    )
+)

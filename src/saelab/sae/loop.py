@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from saelab.atomic import atomic_write_bytes
-from saelab.progress import Reporter
+from saelab.progress import Reporter, say
 from saelab.sae.metrics import ReconstructionStats
 from saelab.sae.train import SAETrainer
 
@@ -92,11 +92,12 @@ def run_loop(
     batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
     heldout: dict[str, torch.Tensor],
     cfg: LoopConfig,
-    ckpt: Path,
+    ckpt: Path | None,
 ) -> dict[str, HookProgress]:
-    """Train until total_steps or until every hook stopped early; checkpoint as it goes."""
+    """Train until total_steps or until every hook stopped early; checkpoint as it goes
+    (to `ckpt`, when given: a run killed mid-way resumes from it to the same weights)."""
     prog = {h: HookProgress() for h in trainers}
-    start = load_checkpoint(ckpt, trainers, prog)
+    start = load_checkpoint(ckpt, trainers, prog) if ckpt is not None else 0
     active = [h for h in trainers if prog[h].stopped_at is None]
     t0 = time.perf_counter()
     with Reporter("train", total=cfg.total_steps, unit="steps", quiet=cfg.quiet, done=start) as rep:
@@ -134,7 +135,8 @@ def run_loop(
                     if cfg.patience and p.bad_evals >= cfg.patience:
                         p.stopped_at = done
                         active.remove(h)
-            if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or not active:
+            due = done % cfg.checkpoint_every == 0 or done == cfg.total_steps or not active
+            if due and ckpt is not None:
                 save_checkpoint(ckpt, trainers, prog)
             if not active:
                 break
@@ -144,8 +146,6 @@ def run_loop(
 def _status(hook: str, e: dict[str, float], rep: Reporter, quiet: bool) -> None:
     if quiet:
         return
-    from saelab.progress import say
-
     say(
         f"  {hook} step {int(e['step'])}: {int(e['tokens']):,} tokens, loss {e['loss']:.4f},"
         f" held-out EV {e['explained_variance']:.3f}, L0 {e['l0']:.1f},"
