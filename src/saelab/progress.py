@@ -57,6 +57,7 @@ class Reporter:
         self._progress: Progress | None = None
         self._task = None
         self._last_line = 0.0
+        self._note = ""
 
     def __enter__(self) -> Reporter:
         if self._silent:
@@ -69,6 +70,7 @@ class Reporter:
                 TextColumn(self.unit),
                 TaskProgressColumn(),
                 TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[note]}"),
                 TimeElapsedColumn(),
                 TextColumn("left"),
                 TimeRemainingColumn(),
@@ -77,19 +79,23 @@ class Reporter:
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                self.what, total=self.total, completed=self._done, rate=""
+                self.what, total=self.total, completed=self._done, rate="", note=""
             )
         return self
 
-    def advance(self, n: int, rate_count: int = 0) -> None:
+    def advance(self, n: int, rate_count: int = 0, note: str | None = None) -> None:
+        """`n` more items done (and `rate_count` more of the rate's unit); `note` replaces
+        the text shown after the rate (e.g. each worker's rate)."""
         self._done += n
         self._rate_count += rate_count
+        if note is not None:
+            self._note = note
         if self._silent:
             return
         rate = self.rate()
         rate_txt = f"{rate:,.0f} {self.rate_unit}/s" if rate else ""
         if self._progress is not None:
-            self._progress.update(self._task, advance=n, rate=rate_txt)
+            self._progress.update(self._task, advance=n, rate=rate_txt, note=self._note)
             return
         # Not a terminal (logs, CI): one plain line at most every 5 s, and at the end.
         now = time.perf_counter()
@@ -100,8 +106,10 @@ class Reporter:
             left = ""
             if 0 < self._done < self.total:
                 left = f", {format_seconds(elapsed * (self.total - self._done) / self._done)} left"
+            note = f" [{self._note}]" if self._note else ""
             print(
-                f"{self.what}: {self._done}/{self.total} {self.unit} ({pct:.0f}%) {rate_txt}{left}",
+                f"{self.what}: {self._done}/{self.total} {self.unit} ({pct:.0f}%) {rate_txt}{left}"
+                f"{note}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -118,6 +126,34 @@ class Reporter:
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class WorkerRates:
+    """Each worker's rate over the units it finished (their size per second of their own
+    time), for a progress bar shared by several workers: "2 workers: 3.1, 2.9 prompts/s"."""
+
+    def __init__(self, unit: str = "units") -> None:
+        self.unit = unit
+        self._size: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+
+    def add(self, worker: str, size: int, seconds: float) -> None:
+        self._size[worker] = self._size.get(worker, 0) + size
+        self._seconds[worker] = self._seconds.get(worker, 0.0) + max(seconds, 0.0)
+
+    def rates(self) -> dict[str, float]:
+        return {w: self._size[w] / s for w, s in self._seconds.items() if s > 0}
+
+    def note(self) -> str:
+        """Empty with one worker (the bar's own rate says it all)."""
+        rates = sorted(self.rates().values(), reverse=True)
+        if len(self._size) < 2 or not rates:
+            return ""
+        if len(rates) <= 4:
+            each = ", ".join(f"{r:,.3g}" for r in rates)
+        else:
+            each = f"{rates[-1]:,.3g}-{rates[0]:,.3g}"
+        return f"{len(self._size)} workers: {each} {self.unit}/s"
 
 
 def say(msg: str, quiet: bool = False) -> None:

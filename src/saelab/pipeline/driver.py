@@ -24,21 +24,28 @@ import shutil
 import time
 from typing import Any
 
+import saelab.pipeline.executors_ray  # noqa: F401  (registers --executor ray)
 from saelab import __version__
 from saelab.atomic import atomic_write_bytes
 from saelab.budget.measure import PeakSampler, dir_size, gpu_peak_bytes, process_peak_rss
 from saelab.pipeline.executors import Executor, make_executor
 from saelab.pipeline.flags import flags_in_errors
 from saelab.pipeline.stage import Done, Stage
-from saelab.progress import Reporter, say
+from saelab.progress import Reporter, WorkerRates, say
 from saelab.run import RunFolder, config_hash
 
 
 def run_stage(stage: Stage[Any], executor: Executor | None = None) -> Any:
-    """Run `stage` (after the stages it requires) and return its result."""
-    executor = executor or make_executor(stage.config)
+    """Run `stage` (after the stages it requires) and return its result; an executor made
+    here (from the stage's options) is closed at the end."""
     with flags_in_errors(stage.config.field_names()):
-        return _run(stage, executor)
+        if executor is not None:
+            return _run(stage, executor)
+        made = make_executor(stage.config)
+        try:
+            return _run(stage, made)
+        finally:
+            made.close()
 
 
 def _run(stage: Stage[Any], executor: Executor) -> Any:
@@ -82,11 +89,13 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
                 quiet=stage.config.quiet or stage.progress is None,
                 done=done,
             ) as rep:
+                rates = WorkerRates(stage.progress or "units")
                 for unit, rec in executor.run(stage, todo):
                     run.record_unit(stage.name, unit.key, rec)
                     records[unit.key] = rec
                     progress.append(unit.key)
-                    rep.advance(unit.size, int(rec.get("tokens", 0)))
+                    rates.add(str(rec.get("worker")), unit.size, float(rec.get("seconds", 0)))
+                    rep.advance(unit.size, int(rec.get("tokens", 0)), note=rates.note())
         wall = time.perf_counter() - t0
     measured = {
         "wall_seconds": wall,

@@ -1,16 +1,17 @@
 """Executors run a stage's units and hand each one's record back to the driver.
 
 `local` runs them one after another in this process, with one `Worker` whose cache keeps the
-model (and other heavy resources) loaded across units. A Ray executor plugs in here: one
-actor per worker holding its own `Worker`, each unit shipped as `(stage.parts(), unit)` and
-run by `execute_unit`, its record (paths, hashes, small info) sent back; the driver alone
-writes the manifest. Results do not depend on the executor.
+model (and other heavy resources) loaded across units. `ray` (`pipeline.executors_ray`, which
+registers itself here) keeps one actor per worker, each holding its own `Worker`; a unit
+travels as `(stage.parts(), unit)`, is run there by `execute_unit`, and only its record
+(paths, hashes, small info) comes back; the driver alone writes the manifest. Results do not
+depend on the executor.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from saelab.budget.measure import PeakSampler
@@ -24,6 +25,9 @@ class Executor(Protocol):
     name: str
 
     def run(self, stage: Stage[Any], units: Sequence[Unit]) -> Iterator[tuple[Unit, dict]]: ...
+
+    def close(self) -> None:
+        """Release what the executor holds (processes, a cluster it started)."""
 
 
 def execute_unit(stage: Stage[Any], unit: Unit, worker: Worker) -> dict[str, Any]:
@@ -55,8 +59,20 @@ class LocalExecutor:
         for unit in units:
             yield unit, execute_unit(stage, unit, self.worker)
 
+    def close(self) -> None:
+        """Nothing to release: the worker's cache goes with the executor."""
+
+
+#: executor name -> how to build it from a stage's options (and a worker the caller has)
+ExecutorFactory = Callable[[StageOptions, Worker | None], Executor]
+_FACTORIES: dict[str, ExecutorFactory] = {"local": lambda options, worker: LocalExecutor(worker)}
+
+
+def register_executor(name: str, factory: ExecutorFactory) -> None:
+    """Make `--executor NAME` build executors with `factory` (the Ray module does this)."""
+    _FACTORIES[name] = factory
+
 
 def make_executor(options: StageOptions, worker: Worker | None = None) -> Executor:
     """The executor a stage's options ask for."""
-    check_executor(options.executor)
-    return LocalExecutor(worker)
+    return _FACTORIES[check_executor(options)](options, worker)

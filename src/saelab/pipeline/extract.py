@@ -14,7 +14,6 @@ import torch
 from saelab.models.capture import capture_prompts
 from saelab.models.loading import LoadedModel
 from saelab.pipeline.driver import run_stage
-from saelab.pipeline.executors import LocalExecutor
 from saelab.pipeline.extract_job import ExtractConfig, ExtractJob
 from saelab.pipeline.prompt_shards import (
     ExtractResult,
@@ -22,7 +21,6 @@ from saelab.pipeline.prompt_shards import (
     ShardUnit,
     describe_result,
 )
-from saelab.pipeline.stage import Worker
 from saelab.pipeline.traces import TracesStage
 from saelab.store import STORE_DIR, ActivationStore, ActivationWriter, open_activations
 
@@ -118,6 +116,7 @@ def extract_stage(config: ExtractConfig, lm: LoadedModel | None = None) -> Promp
 
 
 def run_extract(config: ExtractConfig, lm: LoadedModel | None = None) -> ExtractResult:
-    """Plan, check the budget, then extract (or resume) into the run folder; `lm` is a model
-    the caller already loaded (used when its dtype is the one asked for)."""
-    return run_stage(extract_stage(config, lm), LocalExecutor(Worker()))
+    """Plan, check the budget, then extract (or resume) into the run folder on the executor
+    `config` names; `lm` is a model the caller already loaded (used by the local executor
+    when its dtype is the one asked for)."""
+    return run_stage(extract_stage(config, lm))

@@ -17,7 +17,7 @@ from saelab.budget.planner import Budget
 from saelab.errors import SaelabError
 from saelab.units import parse_size
 
-EXECUTORS = ("local",)  # "ray" joins here with --ray-address and --workers
+EXECUTORS = ("local", "ray")
 
 
 def option(
@@ -60,7 +60,15 @@ class StageOptions(RunOptions):
     max_memory: str | None = option(None, "RAM budget, e.g. 4GB")
     max_gpu_memory: str | None = option(None, "GPU memory budget, e.g. 8GB")
     max_disk: str | None = option(None, "disk budget for what the stage writes, e.g. 20GB")
-    executor: str = option("local", "where units run: local (in this process)")
+    executor: str = option(
+        "local", "where units run: local (in this process) | ray (a Ray cluster, saelab[ray])"
+    )
+    ray_address: str | None = option(
+        None, "--executor ray: the cluster, auto or HOST:PORT (default: start one here)"
+    )
+    workers: int | None = option(
+        None, "--executor ray: workers (default: one per free GPU, else one per free CPU)"
+    )
 
     def budget(self) -> Budget:
         """The budget flags as sizes (a typo fails here, before anything runs)."""
@@ -71,7 +79,15 @@ class StageOptions(RunOptions):
         )
 
 
-def check_executor(name: str) -> str:
+def check_executor(options: StageOptions) -> str:
+    """The executor's name, once its options agree with it."""
+    name = options.executor
     if name not in EXECUTORS:
         raise SaelabError(f"--executor {name!r} is not one of {', '.join(EXECUTORS)}")
+    if name != "ray":
+        for field in ("ray_address", "workers"):
+            if getattr(options, field) is not None:
+                raise SaelabError(f"`{field}` is for --executor ray; add --executor ray or drop it")
+    if options.workers is not None and options.workers < 1:
+        raise SaelabError(f"`workers` {options.workers} must be at least 1")
     return name

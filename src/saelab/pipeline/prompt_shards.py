@@ -166,6 +166,7 @@ class PromptShardStage(Stage[ExtractConfig]):
         """In a worker: the job rebuilt from the config, with the recorded sizes."""
         job = prepare_extract(self.config)
         job.run = self.run
+        job.device = str(self.binding["device"])  # as the driver resolved `auto`
         job.batch_size = int(self.binding["batch_size"])
         job.shard_size = int(self.binding["shard_size"])
         return job
