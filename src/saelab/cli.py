@@ -82,7 +82,7 @@ COMMANDS: list[tuple[str, type, Any]] = [
     ("contrast", ContrastConfig, run_contrast),
     ("query", QueryConfig, lambda c: run_query(_needs_run(c), c.sql, out=c.out, limit=c.limit)),
     ("patch", PatchConfig, run_patch),
-    ("show", ShowConfig, lambda c: show_run(_needs_run(c))),
+    ("show", ShowConfig, lambda c: show_run(_needs_run(c), units=c.units)),
     ("demo", DemoConfig, lambda c: run_demo(run=str(c.run), hooks=c.hooks, quiet=c.quiet)),
 ]
 for _name, _config, _handler in COMMANDS:

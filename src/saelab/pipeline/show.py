@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from saelab.errors import SaelabError
-from saelab.pipeline.options import RunOptions
+from saelab.pipeline.options import RunOptions, option
+from saelab.pipeline.show_units import units_table, workers_line
 from saelab.progress import console
 from saelab.run import RunFolder
 from saelab.store import open_activations, open_traces
@@ -19,8 +20,10 @@ from saelab.units import format_bytes, format_seconds
 class ShowConfig(RunOptions):
     """Describe a run: its stages, its activation store, plan against measurement."""
 
+    units: bool = option(False, "list every unit: the worker that ran it, its time and size")
 
-def show_run(path: str | Path) -> None:
+
+def show_run(path: str | Path, units: bool = False) -> None:
     run = RunFolder(path)
     if not run.path.is_dir():
         raise SaelabError(f"run folder {path} does not exist; check the path")
@@ -35,14 +38,17 @@ def show_run(path: str | Path) -> None:
     stages = sorted(manifest.get("stages", {}).items(), key=lambda kv: order.get(kv[0], 99))
     for name, stage in stages:
         c = cfg.get(name, {})
-        units = stage.get("units", {})
+        done = stage.get("units", {})
         state = "complete" if stage.get("complete") else "incomplete (rerun to resume)"
-        out.print(f"[bold]{name}[/bold]: {state}; {len(units)} unit(s) done")
+        out.print(f"[bold]{name}[/bold]: {state}; {len(done)} unit(s) done")
+        workers_line(out, done)
+        if units and done:
+            units_table(out, name, done)
         if name == "train":
-            _train_table(out, c, units)
+            _train_table(out, c, done)
             continue
         if name == "encode":
-            _encode_table(out, c, stage, units)
+            _encode_table(out, c, stage, done)
             continue
         if name == "contrast":
             _contrast_line(out, run.path)
