@@ -27,7 +27,13 @@ from typing import Any
 from saelab.errors import SaelabError
 from saelab.pipeline.executors import register_executor
 from saelab.pipeline.options import StageOptions
-from saelab.pipeline.ray_workers import START_TIMEOUT_S, Slot, WorkerPool, import_ray
+from saelab.pipeline.ray_workers import (
+    START_TIMEOUT_S,
+    Slot,
+    WorkerPool,
+    driver_context,
+    import_ray,
+)
 from saelab.pipeline.stage import Stage, Unit, Worker
 from saelab.progress import say
 
@@ -75,7 +81,7 @@ class RayExecutor:
             return
         ray = import_ray()
         self.pool.start()
-        token = uuid.uuid4().hex
+        token, context = uuid.uuid4().hex, driver_context()
         cls, config, run = stage.parts()
         parts = (cls, config.model_copy(update={"quiet": True}), run)
         queue: deque[Unit] = deque(units)
@@ -88,7 +94,7 @@ class RayExecutor:
                     if not queue:
                         break
                     unit = queue.popleft()
-                    busy[slot.actor.run.remote(token, parts, unit)] = (slot, unit)
+                    busy[slot.actor.run.remote(token, context, parts, unit)] = (slot, unit)
                     self.running[slot.name] = (slot.pid, unit.key)
                 starting = {s.ready: s for s in self.pool.starting()}
                 if not busy and not starting:

@@ -64,13 +64,8 @@ def import_ray() -> Any:
 class UnitActor:
     """One worker process: its `Worker` cache lives as long as the actor."""
 
-    def __init__(self, threads: int, cwd: str, env: dict[str, str]) -> None:
+    def __init__(self) -> None:
         ray = import_ray()
-        os.environ.update(env)
-        torch.set_num_threads(threads)
-        with contextlib.suppress(OSError):
-            os.chdir(cwd)
-        self.cwd = cwd
         gpus = ",".join(str(g) for g in ray.get_gpu_ids())
         name = f"{socket.gethostname()}:{os.getpid()}" + (f":gpu{gpus}" if gpus else "")
         self.worker = Worker(name)
@@ -86,9 +81,11 @@ class UnitActor:
         """How many workers share this node's `max_disk`."""
         self.share = max(1, int(share))
 
-    def run(self, token: str, parts: tuple[type, Any, str], unit: Unit) -> dict[str, Any]:
-        """Run one unit of the stage `parts` describes; its manifest record."""
-        stage, per = self._rebuild(token, parts)
+    def run(self, token: str, context: dict[str, Any], parts: tuple[type, Any, str],
+            unit: Unit) -> dict[str, Any]:  # fmt: skip
+        """Run one unit of the stage `parts` describes, in the driver's `context`; the
+        unit's manifest record."""
+        stage, per = self._rebuild(token, context, parts)
         try:
             return execute_unit(stage, unit, self.worker)
         except BudgetError as e:
@@ -99,16 +96,26 @@ class UnitActor:
                 f" workers have {format_bytes(per)} each: raise `max_disk` or lower `workers`)"
             ) from None
 
-    def _rebuild(self, token: str, parts: tuple[type, Any, str]) -> tuple[Stage[Any], int | None]:
-        """The stage, rebuilt once per executor call (`token`) and disk share."""
+    def _rebuild(self, token: str, context: dict[str, Any],
+                 parts: tuple[type, Any, str]) -> tuple[Stage[Any], int | None]:  # fmt: skip
+        """The stage, rebuilt once per executor call (`token`) and disk share, after taking
+        the driver's threads, environment and working directory of that call."""
         key = (token, self.share)
         if self._stage is None or self._stage[0] != key:
             cls, config, run = parts
+            torch.set_num_threads(int(context["threads"]))
+            for name in FORWARD_ENV:
+                if name in context["env"]:
+                    os.environ[name] = context["env"][name]
+                else:
+                    os.environ.pop(name, None)
+            with contextlib.suppress(OSError):
+                os.chdir(context["cwd"])
             if not Path(run).is_dir():
                 raise SaelabError(
                     f"worker {self.worker.name} cannot see the run folder {run} (from"
-                    f" {self.cwd}): on a cluster of several machines the run folder must be on"
-                    " a shared file system, at the same path on every node"
+                    f" {context['cwd']}): on a cluster of several machines the run folder must"
+                    " be on a shared file system, at the same path on every node"
                 )
             total = parse_size(config.max_disk, "--max-disk")
             per = total // self.share if total is not None and self.share > 1 else None
@@ -116,6 +123,12 @@ class UnitActor:
                 config = config.model_copy(update={"max_disk": str(per)})
             self._stage = (key, cls(config, run), per)
         return self._stage[1], self._stage[2]
+
+
+def driver_context() -> dict[str, Any]:
+    """What a worker takes from the driver before it runs a stage's units."""
+    env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    return {"threads": torch.get_num_threads(), "cwd": os.getcwd(), "env": env}
 
 
 @dataclass
@@ -211,10 +224,7 @@ class WorkerPool:
         """Start one more actor (not waited for: its `ready` is pending)."""
         ray = import_ray()
         cls = ray.remote(UnitActor)
-        env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-        actor = cls.options(max_restarts=0, **self._options).remote(
-            torch.get_num_threads(), os.getcwd(), env
-        )
+        actor = cls.options(max_restarts=0, **self._options).remote()
         slot = Slot(actor, actor.ready.remote())
         self.slots.append(slot)
         return slot
