@@ -31,6 +31,7 @@ from saelab.data.corpus_readers import (
     stdlib_files,
     stdlib_root,
 )
+from saelab.data.tables import must_exist, table_format
 from saelab.errors import SaelabError
 
 BUILTIN_PREFIX = "builtin:"
@@ -66,17 +67,11 @@ def corpus_files(source: str | Path) -> list[Path]:
     """
     p = Path(source).expanduser()
     shown = str(p)
-    if not p.exists():
-        raise SaelabError(
-            f"corpus path {shown} does not exist; check the path (relative paths start from "
-            f"{Path.cwd()}), or use {STDLIB_SOURCE} for the built-in corpus"
-        )
+    must_exist(p, "corpus path", f", or use {STDLIB_SOURCE} for the built-in corpus")
     if p.is_file():
-        if p.suffix.lower() not in _FORMATS:
-            raise SaelabError(
-                f"corpus file {shown} has unsupported suffix {p.suffix or '(none)'!r}; "
-                f"use a {_SUPPORTED} file or a folder of them"
-            )
+        table_format(
+            p, _FORMATS, f"corpus file {shown}", f"a {_SUPPORTED} file or a folder of them"
+        )
         return [p]
     files = [
         f

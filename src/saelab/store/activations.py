@@ -40,6 +40,7 @@ from saelab.store.shards import (
     init_shard_root,
     normalise_meta,
     rows_per_chunk,
+    shard_name,
     write_shard_group,
 )
 
@@ -52,12 +53,6 @@ VERSION = 1
 POSITIONS = ("all", "last", "mean")
 _RESERVED = ("prompt_index", "token_ids", "token_offsets", "zarr.json")
 _CHUNK_BYTES = 2**21  # rows per chunk: the power of two giving 1-2 MiB (tests shrink this)
-
-
-def _shard_name(shard: int) -> str:
-    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or shard < 0:
-        raise ValueError(f"shard index must be a non-negative int, got {shard!r}")
-    return f"{int(shard):05d}"
 
 
 def _rows_per_chunk(d: int, itemsize: int, n_rows: int) -> int:
@@ -130,7 +125,7 @@ class ActivationWriter:
         init_shard_root(self.root, meta, read_root_meta(self.root), "activation store", tidy)
 
     def has_shard(self, shard: int) -> bool:
-        return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()
+        return (self.root / "shards" / shard_name(shard) / "zarr.json").is_file()
 
     def write_shard(
         self,
@@ -145,7 +140,7 @@ class ActivationWriter:
         `acts[hook]` holds only real tokens (no padding): one row per token for positions "all",
         one per prompt otherwise. Any float dtype, torch or numpy; rounded to the store dtype here.
         """
-        final = self.root / "shards" / _shard_name(shard)
+        final = self.root / "shards" / shard_name(shard)
         pidx = np.asarray(prompt_index)
         if pidx.ndim != 1 or (pidx.size and pidx.dtype.kind not in "iu"):
             raise ValueError(f"prompt_index must be a 1-D integer array, got {pidx.dtype}")

@@ -20,18 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from saelab.atomic import atomic_write_bytes, atomic_write_json
 from saelab.errors import SaelabError
 
 CODES_DIR = "codes"
+PROMPTS_FILE = "prompts.parquet"
 FORMAT = "saelab.codes"
 VERSION = 1
 POSITIONS = ("all", "last", "max", "mean")
 
 
-def hook_dir(run: Path | str, hook: str) -> Path:
-    return Path(run) / CODES_DIR / hook
+def hook_dir(root: Path | str, hook: str) -> Path:
+    """A hook's folder in the codes store at `root` (the codes folder itself)."""
+    return Path(root) / hook
 
 
 def index_dtype(d_sae: int) -> np.dtype:
@@ -44,14 +47,15 @@ def _shard_file(shard: int) -> str:
 
 @dataclass
 class CodesWriter:
-    """Writes one hook's code shards; refuses to mix codes made another way."""
+    """Writes one hook's code shards into the codes store at `root`; refuses to mix codes
+    made another way."""
 
-    run: Path
+    root: Path
     hook: str
     meta: dict[str, Any]
 
     def __post_init__(self) -> None:
-        self.dir = hook_dir(self.run, self.hook)
+        self.dir = hook_dir(self.root, self.hook)
         meta = {"format": FORMAT, "version": VERSION, "hook": self.hook, **self.meta}
         old = read_meta(self.dir)
         if old is not None and old != json.loads(json.dumps(meta)):
@@ -69,9 +73,9 @@ class CodesWriter:
         return (self.dir / _shard_file(shard)).is_file()
 
     @staticmethod
-    def exists(run: Path | str, hook: str, shard: int) -> bool:
+    def exists(root: Path | str, hook: str, shard: int) -> bool:
         """Whether a shard's codes are written (without opening a writer)."""
-        return (hook_dir(run, hook) / _shard_file(shard)).is_file()
+        return (hook_dir(root, hook) / _shard_file(shard)).is_file()
 
     def write_shard(
         self,
@@ -175,11 +179,11 @@ class HookCodes:
 
 
 class Codes:
-    """Codes of a run: `codes[hook]`, plus the prompts' ids, texts and groups."""
+    """The codes store at `root`: `codes[hook]`, plus the prompts' ids, texts and groups from
+    the prompt table beside it (`prompts.parquet`, when there is one)."""
 
-    def __init__(self, run: Path) -> None:
-        self.run = run
-        root = run / CODES_DIR
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self.hooks: list[str] = sorted(
             p.name for p in root.iterdir() if p.is_dir() and read_meta(p) is not None
         )
@@ -189,18 +193,17 @@ class Codes:
     def __getitem__(self, hook: str) -> HookCodes:
         if hook not in self.hooks:
             raise SaelabError(
-                f"{self.run} has no codes of {hook} (it has {', '.join(self.hooks) or 'none'});"
-                " run `saelab encode` for it"
+                f"{self.root} has no codes of {hook} (it has {', '.join(self.hooks) or 'none'})"
             )
         if hook not in self._cache:
-            folder = hook_dir(self.run, hook)
+            folder = hook_dir(self.root, hook)
             self._cache[hook] = HookCodes(folder, read_meta(folder) or {})
         return self._cache[hook]
 
     def prompts(self) -> dict[str, list[Any]]:
-        """The run's prompt table (ids, texts, groups) in its original order."""
+        """The prompt table (ids, texts, groups) in its original order."""
         if self._prompts is None:
-            self._prompts = read_run_prompts(self.run)
+            self._prompts = read_prompt_table(self.root.parent / PROMPTS_FILE)
         return self._prompts
 
     def prompt_ids(self, hook: str) -> list[str]:
@@ -212,17 +215,14 @@ class Codes:
         return [groups[i] for i in self[hook].prompt_index]
 
     def __repr__(self) -> str:
-        return f"Codes({str(self.run)!r}, hooks={self.hooks})"
+        return f"Codes({str(self.root)!r}, hooks={self.hooks})"
 
 
-def read_run_prompts(run: Path) -> dict[str, list[Any]]:
-    """ids, texts and groups of RUN/prompts.parquet (written by extract)."""
-    import pyarrow.parquet as pq
-
-    p = run / "prompts.parquet"
-    if not p.is_file():
-        raise SaelabError(f"{run} has no prompt table (prompts.parquet)")
-    t = pq.read_table(p).to_pydict()
+def read_prompt_table(path: Path) -> dict[str, list[Any]]:
+    """ids, texts and groups of a prompt table (Parquet with text and optional id, group)."""
+    if not path.is_file():
+        raise SaelabError(f"no prompt table at {path}")
+    t = pq.read_table(path).to_pydict()
     n = len(t.get("text", []))
     return {
         "id": [str(x) for x in t.get("id", range(n))],
@@ -231,12 +231,14 @@ def read_run_prompts(run: Path) -> dict[str, list[Any]]:
     }
 
 
-def open_codes(run: Path | str) -> Codes:
-    """Open the codes of a run folder for reading."""
-    p = Path(run)
-    if not (p / CODES_DIR).is_dir():
-        raise SaelabError(f"no codes in {p} (no {CODES_DIR}/ folder)")
-    return Codes(p)
+def open_codes(path: Path | str) -> Codes:
+    """Open a codes store (its folder, or a run folder holding one) for reading."""
+    p = Path(path)
+    if (p / CODES_DIR).is_dir():
+        return Codes(p / CODES_DIR)
+    if p.is_dir() and any(read_meta(d) is not None for d in p.iterdir() if d.is_dir()):
+        return Codes(p)
+    raise SaelabError(f"no codes at {p} (nor in its {CODES_DIR}/ folder)")
 
 
 def parse_features(spec: str | Sequence[int] | None, d_sae: int | None = None) -> list[int] | None:

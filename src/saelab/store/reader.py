@@ -1,8 +1,5 @@
-"""Reading the dense activation store: every complete shard, in shard-index order, as one table.
-
-Readers never modify the store: a `.tmp-*` folder may be a shard another process is writing
-right now, so it is skipped, not removed (removing debris is the writer's job).
-"""
+"""Reading the dense activation store: every complete shard, in shard-index order, as one table
+(what every sharded store reader shares is in `sharded`)."""
 
 from __future__ import annotations
 
@@ -15,10 +12,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from saelab.atomic import is_debris
-from saelab.errors import SaelabError
 from saelab.store.activations import STORE_DIR, read_root_meta
-from saelab.store.codecs import StoreDType, check_dtype, decode_rows, quiet_numcodecs
+from saelab.store.codecs import decode_rows, quiet_numcodecs
+from saelab.store.sharded import ShardedStore, open_store
 
 
 @dataclass(frozen=True)
@@ -36,40 +32,18 @@ def _open_array(path: Path) -> zarr.Array:
 
 
 def open_activations(path: Path | str) -> ActivationStore:
-    """Open the store of a run folder (or the activations folder itself) for reading."""
-    p = Path(path)
-    for root in (p, p / STORE_DIR):
-        if read_root_meta(root) is not None:
-            return ActivationStore(root)
-    raise SaelabError(f"no activation store at {p} (nor in its {STORE_DIR}/ folder)")
+    """Open an activation store (its folder, or a run folder holding one) for reading."""
+    return open_store(path, STORE_DIR, read_root_meta, ActivationStore, "activation store")
 
 
-class ActivationStore:
+class ActivationStore(ShardedStore):
     """Read access to every complete shard, in shard-index order, as one virtual table."""
 
+    what = "activation store"
+
     def __init__(self, root: Path | str) -> None:
-        self.path = Path(root)
-        meta = read_root_meta(self.path)
-        if meta is None:
-            raise SaelabError(f"no activation store at {self.path}")
-        self.hooks: list[str] = list(meta["hooks"])
-        self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
-        self.dtype: str = meta["dtype"]
-        self._dt: StoreDType = check_dtype(self.dtype)
-        self.positions: str = meta["positions"]
-        self.keep_bits: int | None = meta["keep_bits"]
-        self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
-        shard_dir = self.path / "shards"
-        found = []
-        if shard_dir.is_dir():
-            found = [
-                p
-                for p in shard_dir.iterdir()
-                if p.name.isdigit() and (p / "zarr.json").is_file()  # never a .tmp-* folder
-            ]
-        found.sort(key=lambda p: int(p.name))
-        self.shard_ids: list[int] = [int(p.name) for p in found]
-        self._shard_paths = found
+        super().__init__(root, read_root_meta(Path(root)))
+        found = self._shard_paths
         pidx, toff, roff = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
         rows, tokens, prompts = [0], [0], [0]
         for p in found:
@@ -113,11 +87,7 @@ class ActivationStore:
         return self._token_cache[s][lo:hi]
 
     def __getitem__(self, hook: str) -> HookArray:
-        if hook not in self.d_model:
-            raise SaelabError(
-                f"hook {hook!r} is not in activation store {self.path}; "
-                f"stored hooks: {', '.join(self.hooks)}"
-            )
+        self.check_hook(hook)
         if hook not in self._hook_arrays:
             self._hook_arrays[hook] = HookArray(self, hook)
         return self._hook_arrays[hook]
@@ -144,11 +114,7 @@ class ActivationStore:
         """Sizes and ratios. Per hook, bytes_raw is rows*d*itemsize; the totals' bytes_on_disk
         counts every file of the store (token ids, metadata too), bytes_raw the activations only,
         so the total ratio is what the store costs against raw activations."""
-        sizes: dict[str, int] = {}
-        for f in self.path.rglob("*"):
-            rel = f.relative_to(self.path)
-            if f.is_file() and not is_debris(rel):
-                sizes[rel.as_posix()] = f.stat().st_size
+        sizes = self.file_sizes()
         hooks: dict[str, Any] = {}
         for h in self.hooks:
             disk = sum(

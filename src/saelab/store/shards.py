@@ -45,6 +45,13 @@ class ArraySpec:
     keep_bits: int | None = None
 
 
+def shard_name(shard: int) -> str:
+    """The folder of shard number `shard`: zero-padded, so shards list in order."""
+    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or shard < 0:
+        raise ValueError(f"shard index must be a non-negative int, got {shard!r}")
+    return f"{int(shard):05d}"
+
+
 def rows_per_chunk(row_bytes: int, n_rows: int, chunk_bytes: int) -> int:
     """The power of two of rows that fills `chunk_bytes / 2 .. chunk_bytes` (at least one row).
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from saelab.atomic import is_debris
 from saelab.errors import SaelabError
 from saelab.store.chunks import ChunkReader
-from saelab.store.codecs import check_dtype, decode_rows
+from saelab.store.codecs import decode_rows
+from saelab.store.sharded import ShardedStore, open_store
 from saelab.store.traces import (
     ATTN_PREFIX,
     META_FILE,
@@ -33,12 +33,8 @@ from saelab.store.traces import (
 
 
 def open_traces(path: Path | str) -> TraceStore:
-    """Open the trace store of a run folder (or the traces folder itself) for reading."""
-    p = Path(path)
-    for root in (p, p / TRACES_DIR):
-        if read_trace_meta(root) is not None:
-            return TraceStore(root)
-    raise SaelabError(f"no generation traces at {p} (nor in its {TRACES_DIR}/ folder)")
+    """Open a trace store (its folder, or a run folder holding one) for reading."""
+    return open_store(path, TRACES_DIR, read_trace_meta, TraceStore, "generation traces")
 
 
 def _stats(x: np.ndarray) -> dict[str, float | int | None]:
@@ -47,32 +43,21 @@ def _stats(x: np.ndarray) -> dict[str, float | int | None]:
     return {"mean": float(x.mean()), "min": int(x.min()), "max": int(x.max())}
 
 
-class TraceStore:
+class TraceStore(ShardedStore):
     """Read access to every complete shard of a trace store, traces in shard order."""
 
+    what = "trace store"
+
     def __init__(self, root: Path | str) -> None:
-        self.path = Path(root)
-        meta = read_trace_meta(self.path)
+        meta = read_trace_meta(Path(root))
         if meta is None:
-            raise SaelabError(f"no generation traces at {self.path}")
-        self.hooks: list[str] = list(meta["hooks"])
-        self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
-        self.dtype: str = meta["dtype"]
-        self.keep_bits: int | None = meta["keep_bits"]
-        self.positions: str = meta["positions"]
+            raise SaelabError(f"no generation traces at {root}")
+        super().__init__(root, meta)
         self.attention_layers: list[int] = [int(x) for x in meta["attention_layers"]]
         self.heads: list[int] = [int(h) for h in meta["heads"]]
         self.n_heads: int | None = meta["n_heads"]
-        self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
-        self._dt = check_dtype(self.dtype)
         self._adt = attention_dtype(self._dt)
-        shard_dir = self.path / "shards"
-        found = sorted(
-            (p for p in (shard_dir.iterdir() if shard_dir.is_dir() else ()) if p.name.isdigit()),
-            key=lambda p: int(p.name),
-        )
-        self._shards = [p for p in found if (p / "zarr.json").is_file()]  # never .tmp-*
-        self.shard_ids: list[int] = [int(p.name) for p in self._shards]
+        self._shards = self._shard_paths
         self._arrays: dict[tuple[int, str], ChunkReader] = {}
         self._tokens: dict[int, np.ndarray] = {}
         self._texts: dict[int, dict[str, list[Any]]] = {}
@@ -113,10 +98,6 @@ class TraceStore:
         state.update(_arrays={}, _tokens={}, _texts={})
         return state
 
-    @property
-    def run(self) -> Path:
-        return self.path.parent if self.path.name == TRACES_DIR else self.path
-
     def _array(self, s: int, name: str) -> ChunkReader:
         """Shard s's array `name`, opened once (its metadata parsed once) and kept."""
         key = (s, name)
@@ -136,14 +117,6 @@ class TraceStore:
             raise IndexError(f"trace {i} out of range for {self.n_traces} stored traces")
         i = int(i) % self.n_traces
         return int(self._shard_of[i]), i
-
-    def check_hook(self, hook: str) -> str:
-        if hook not in self.d_model:
-            raise SaelabError(
-                f"hook {hook!r} is not in trace store {self.path}; "
-                f"stored hooks: {', '.join(self.hooks) or 'none'}"
-            )
-        return hook
 
     def require_attentions(self) -> None:
         if not self.attention_layers:
@@ -221,12 +194,8 @@ class TraceStore:
         """
         split = {"hidden": 0, "attentions": 0, "tokens": 0, "meta": 0}
         per_array: dict[str, int] = {}
-        for f in self.path.rglob("*"):
-            rel_path = f.relative_to(self.path)
-            if not f.is_file() or is_debris(rel_path):
-                continue
-            rel = rel_path.parts
-            size = f.stat().st_size
+        for name_path, size in self.file_sizes().items():
+            rel = name_path.split("/")
             name = rel[2] if len(rel) > 3 and rel[0] == "shards" else ""
             per_array[name] = per_array.get(name, 0) + size
             if name in self.d_model:

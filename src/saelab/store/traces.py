@@ -57,6 +57,7 @@ from saelab.store.shards import (
     init_shard_root,
     normalise_meta,
     rows_per_chunk,
+    shard_name,
     write_shard_group,
 )
 
@@ -108,12 +109,6 @@ def tril_mask(t: int) -> np.ndarray:
     mask = np.tri(t, dtype=bool).reshape(-1)
     mask.flags.writeable = False
     return mask
-
-
-def _shard_name(shard: int) -> str:
-    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or shard < 0:
-        raise ValueError(f"shard index must be a non-negative int, got {shard!r}")
-    return f"{int(shard):05d}"
 
 
 def read_trace_meta(root: Path) -> dict[str, Any] | None:
@@ -224,7 +219,7 @@ class TraceWriter:
         init_shard_root(self.root, meta, read_trace_meta(self.root), "trace store", tidy)
 
     def has_shard(self, shard: int) -> bool:
-        return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()
+        return (self.root / "shards" / shard_name(shard) / "zarr.json").is_file()
 
     def write_shard(self, shard: int, traces: Sequence[Trace]) -> dict[str, str]:
         """Write one shard whole (replacing any earlier one); return {relative path: sha256}.
@@ -234,7 +229,7 @@ class TraceWriter:
         lower triangles are stored, and a map with real weight above the diagonal is refused
         (it would be silently cut).
         """
-        final = self.root / "shards" / _shard_name(shard)
+        final = self.root / "shards" / shard_name(shard)
         toks, plen, alen = [], [], []
         for tr in traces:
             p, a = np.asarray(tr.prompt_ids).reshape(-1), np.asarray(tr.answer_ids).reshape(-1)
