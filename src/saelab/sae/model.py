@@ -25,6 +25,7 @@ exports to this module.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saelab.damage import Origin, one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.run import atomic_dir
 
@@ -40,6 +42,7 @@ ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
+SAES_DIR = "saes"  # a run's trained SAEs: RUN/saes/HOOK
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NORMALIZATIONS = ("none", "layer_norm", "expected_average_only_in", "constant_norm_rescale")
 LN_EPS = 1e-5  # OpenAI's and SAELens's layer-norm epsilon, added to the std (not the variance)
@@ -73,6 +76,18 @@ class SAEConfig:
     has_decoder: bool = True  # False: encoder only (CLT layers); decode raises
 
     def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae", "d_out", "k"):
+            v = getattr(self, name)
+            if v is None and name in ("d_out", "k"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise SaelabError(f"SAE config: {name} is {v!r}, not a whole number")
+            setattr(self, name, int(v))
+        for name in ("architecture", "dtype", "normalize_activations", "reshape_activations"):
+            if not isinstance(getattr(self, name), str):
+                raise SaelabError(f"SAE config: {name} is {getattr(self, name)!r}, not a name")
+        if not isinstance(self.metadata, dict):
+            raise SaelabError(f"SAE config: metadata is {type(self.metadata).__name__}, not a map")
         if self.architecture not in ARCHITECTURES:
             raise SaelabError(
                 f"SAE architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
@@ -127,6 +142,8 @@ class SAEConfig:
         if missing:
             raise SaelabError(f"{source} has no {', '.join(missing)}: not an SAE config")
         kw = {k: v for k, v in d.items() if k in known}
+        if not isinstance(kw.get("metadata") or {}, Mapping):
+            raise SaelabError(f"{source}: metadata is not a map of settings")
         meta = dict(kw.get("metadata") or {})
         for k in ("hook_name", "model_name", "context_size", "prepend_bos"):  # SAELens < 6
             if k in d and k not in meta:
@@ -327,35 +344,51 @@ class SAE(nn.Module):
                     f"SAE folder {folder} has no {p.name}: expected {CFG_FILE} and {WEIGHTS_FILE}"
                     " (SAELens layout)"
                 )
+        origin = _origin(folder)
         try:
             raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise SaelabError(
-                f"{cfg_path} is not valid JSON ({e}); the SAE folder is damaged"
-            ) from e
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or UTF-8
+            raise origin.error(cfg_path, one_line(e)) from e
+        if not isinstance(raw, dict):
+            raise origin.error(cfg_path, f"a JSON {type(raw).__name__}, not an SAE config")
         cfg = SAEConfig.from_dict(raw, str(cfg_path))
         if dtype:
             cfg.dtype = dtype
-        sae = cls(cfg)
-        want = {name: tuple(t.shape) for name, t in sae.state_for_file().items()}
-        with safe_open(str(w_path), framework="pt") as f:
-            keys = set(f.keys())
-            for name, shape in want.items():
-                if name not in keys:
-                    raise SaelabError(f"{w_path} has no tensor {name!r} (has {sorted(keys)})")
-                got = tuple(f.get_slice(name).get_shape())
-                if got != shape and not (name == "threshold" and got in ((), (1,))):
-                    raise SaelabError(
-                        f"{w_path}: {name} has shape {list(got)}, but cfg.json says"
-                        f" d_in={cfg.d_in}, d_sae={cfg.d_sae} (expected {list(shape)})"
-                    )
-            with torch.no_grad():
-                for name in want:
-                    t = f.get_tensor(name)
-                    if name == "threshold" and t.numel() == 1:
-                        t = t.reshape(()).expand(cfg.d_sae)
-                    getattr(sae, name).copy_(t)
+        with torch.device("meta"):  # shapes only: a damaged cfg.json must not allocate
+            want = {name: tuple(t.shape) for name, t in cls(cfg).state_for_file().items()}
+        try:
+            with safe_open(str(w_path), framework="pt") as f:
+                keys = set(f.keys())
+                for name, shape in want.items():
+                    if name not in keys:
+                        raise SaelabError(f"{w_path} has no tensor {name!r} (has {sorted(keys)})")
+                    got = tuple(f.get_slice(name).get_shape())
+                    if got != shape and not (name == "threshold" and got in ((), (1,))):
+                        raise SaelabError(
+                            f"{w_path}: {name} has shape {list(got)}, but cfg.json says"
+                            f" d_in={cfg.d_in}, d_sae={cfg.d_sae} (expected {list(shape)})"
+                        )
+                state = {name: f.get_tensor(name) for name in want}
+        except SaelabError:
+            raise
+        except Exception as e:  # SafetensorError, OSError: safetensors has no common base
+            raise origin.error(w_path, one_line(e)) from e
+        dt = _DTYPES.get(cfg.dtype, torch.float32)
+        for name, t in state.items():
+            if not (t.is_floating_point() or t.dtype == torch.bool):
+                raise SaelabError(f"{w_path}: {name} holds {t.dtype}, not floating-point values")
+            if name == "threshold" and t.numel() == 1:
+                t = t.reshape(()).expand(cfg.d_sae)
+            state[name] = t.to(dt).contiguous()
+        sae = cls.from_state(cfg, state, str(w_path))
         return sae.to(device)
+
+
+def _origin(folder: Path) -> Origin:
+    """A run's trained SAE (RUN/saes/HOOK) comes from `saelab train`; any other folder was
+    downloaded or copied, and is fetched again rather than rebuilt."""
+    origin = origin_of(folder, SAES_DIR, "train", depth=2)
+    return Origin("train", origin.run, "delete it and fetch (or train) it again")
 
 
 def load_log_density(folder: Path | str) -> torch.Tensor | None:

@@ -9,6 +9,10 @@ A shard file is written whole and renamed into place, so a killed `encode` leave
 shards and resumes at the first missing (hook, shard). Feature ids in `indices` are the SAE's
 own ids even when only some features are kept, so they match dashboards and papers. Indices
 are uint16 when d_sae fits (<= 65,536 features): a third of int64's bytes.
+
+Reading checks every shard file for what a damaged file would break (a header that does not
+parse, arrays missing or mis-sized, offsets out of order, feature ids past d_sae, values
+that are not finite) and turns it into one line naming the file and `saelab encode`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from saelab.damage import Origin, one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.run import atomic_write_bytes, atomic_write_json
 
@@ -102,14 +107,76 @@ class CodesWriter:
         return len(blob)
 
 
+def codes_origin(folder: Path) -> Origin:
+    return origin_of(folder, CODES_DIR, "encode", depth=2)
+
+
 def read_meta(folder: Path) -> dict[str, Any] | None:
     p = folder / "meta.json"
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SaelabError(f"{p} is damaged ({e}); encode again with --overwrite") from e
+        meta = json.loads(p.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        if meta.get("format", FORMAT) != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, not {FORMAT}")
+        int(meta["d_sae"]), str(meta["hook"]), str(meta["positions"])
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or UTF-8
+        raise codes_origin(folder).error(p, one_line(e)) from e
+    return meta
+
+
+_PARTS = {
+    "indptr": ("int64",),
+    "indices": ("uint16", "uint32"),
+    "values": ("float16", "float32"),
+    "prompt_index": ("int64",),
+    "row_offsets": ("int64",),
+}
+
+
+def _check_index(path: Path, part: dict[str, np.ndarray], n_rows: int, origin: Origin) -> None:
+    """prompt_index and row_offsets agree with each other and with `n_rows`."""
+    ro, pi = part["row_offsets"], part["prompt_index"]
+    if not (
+        len(ro) == len(pi) + 1
+        and ro[0] == 0
+        and ro[-1] == n_rows
+        and bool((np.diff(ro) >= 0).all())
+        and (not len(pi) or int(pi.min()) >= 0)
+    ):
+        raise origin.error(path, f"row_offsets do not cover {n_rows} rows of {len(pi)} prompts")
+
+
+def read_part(path: Path, d_sae: int, origin: Origin | None = None) -> dict[str, np.ndarray]:
+    """One shard file's arrays, every invariant checked (see the module docstring)."""
+    from safetensors.numpy import load_file
+
+    origin = origin or codes_origin(path.parent)
+    try:
+        part = load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError: safetensors has no common base
+        raise origin.error(path, one_line(e)) from e
+    for name, dtypes in _PARTS.items():
+        a = part.get(name)
+        if a is None or a.ndim != 1 or a.dtype.name not in dtypes:
+            got = "missing" if a is None else f"{a.dtype.name} {list(a.shape)}"
+            raise origin.error(path, f"{name} is {got}, expected 1-D {' or '.join(dtypes)}")
+    ip, idx, vals = part["indptr"], part["indices"], part["values"]
+    if not (
+        len(ip) >= 1
+        and ip[0] == 0
+        and ip[-1] == len(idx) == len(vals)
+        and bool((np.diff(ip) >= 0).all())
+    ):
+        raise origin.error(path, f"indptr does not index {len(idx)} codes")
+    if len(idx) and int(idx.max()) >= d_sae:
+        raise origin.error(path, f"feature id {int(idx.max())} >= d_sae {d_sae}")
+    if not np.isfinite(vals).all():
+        raise origin.error(path, "values that are NaN or infinite")
+    _check_index(path, part, len(ip) - 1, origin)
+    return part
 
 
 class HookCodes:
@@ -120,15 +187,29 @@ class HookCodes:
 
         self.folder = folder
         self.meta = meta
+        self.origin = codes_origin(folder)
         self.hook: str = meta["hook"]
         self.d_sae: int = int(meta["d_sae"])
         self.positions: str = meta["positions"]
         self.features: list[int] | None = meta.get("features")
-        self.shards = sorted(int(p.name.split(".")[0]) for p in folder.glob("*.safetensors"))
+        self.shards = sorted(
+            int(p.name.split(".")[0])
+            for p in folder.glob("*.safetensors")
+            if p.name.split(".")[0].isdigit()
+        )
         offs, pidx, start = [np.zeros(1, np.int64)], [], 0
         for sh in self.shards:  # only the small index arrays; values are read per shard
-            with safe_open(str(folder / _shard_file(sh)), framework="numpy") as f:
-                ro, pi = f.get_tensor("row_offsets"), f.get_tensor("prompt_index")
+            path = folder / _shard_file(sh)
+            try:
+                with safe_open(str(path), framework="numpy") as f:
+                    part = {k: f.get_tensor(k) for k in ("row_offsets", "prompt_index")}
+                    rows = int(f.get_slice("indptr").get_shape()[0]) - 1
+            except Exception as e:  # SafetensorError, OSError, a tensor missing
+                raise self.origin.error(path, one_line(e)) from e
+            if any(a.ndim != 1 or a.dtype != np.int64 for a in part.values()):
+                raise self.origin.error(path, "row_offsets or prompt_index is not 1-D int64")
+            _check_index(path, part, rows, self.origin)
+            ro, pi = part["row_offsets"], part["prompt_index"]
             offs.append(ro[1:] + start)
             pidx.append(pi)
             start += int(ro[-1])
@@ -140,10 +221,8 @@ class HookCodes:
     def iter_parts(self) -> Iterator[dict[str, np.ndarray]]:
         """Each shard's arrays (indptr, indices, values, prompt_index, row_offsets) in turn:
         streaming consumers never hold more than one shard."""
-        from safetensors.numpy import load_file
-
         for sh in self.shards:
-            yield load_file(str(self.folder / _shard_file(sh)))
+            yield read_part(self.folder / _shard_file(sh), self.d_sae, self.origin)
 
     def matrix(self) -> Any:
         """All rows as one `scipy.sparse.csr_matrix` (rows in prompt-shard order)."""

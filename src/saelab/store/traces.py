@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from saelab.damage import one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.store.codecs import (
     DTYPES,
@@ -123,8 +124,8 @@ def read_trace_meta(root: Path) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(path.read_text()).get("attributes", {}).get("saelab")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise SaelabError(f"{path} is not valid zarr metadata ({e}); use another run folder") from e
+    except (OSError, ValueError, AttributeError) as e:  # ValueError: bad JSON or UTF-8
+        raise origin_of(root, TRACES_DIR, "extract").error(path, one_line(e)) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         what = meta.get("format") if isinstance(meta, dict) else None
         raise SaelabError(
