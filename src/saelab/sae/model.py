@@ -300,6 +300,7 @@ class SAE(nn.Module):
                     f" (d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.out_width})"
                 )
             full[name] = t
+        check_finite(full, source)
         sae.load_state_dict(full, assign=True)
         return sae
 
@@ -382,6 +383,25 @@ class SAE(nn.Module):
             state[name] = t.to(dt).contiguous()
         sae = cls.from_state(cfg, state, str(w_path))
         return sae.to(device)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN or infinite weights: such an SAE encodes every token to NaN or to nothing
+    (NaN never passes a gate), which reads as "no feature fired" rather than as damage.
+    Scanned in blocks so a billion-weight SAE needs no second copy as booleans."""
+    step = 1 << 24
+    for name, t in state.items():
+        if not t.is_floating_point():
+            continue
+        flat = t.detach().reshape(-1)
+        bad = sum(
+            int((~torch.isfinite(flat[i : i + step])).sum()) for i in range(0, flat.numel(), step)
+        )
+        if bad:
+            raise SaelabError(
+                f"{source}: {name} holds {bad:,} NaN or infinite values of {flat.numel():,}; the"
+                " SAE file is damaged or came from a diverged training run: use another SAE"
+            )
 
 
 def _origin(folder: Path) -> Origin:

@@ -27,6 +27,7 @@ import numpy as np
 
 from saelab.damage import Origin, one_line, origin_of
 from saelab.errors import SaelabError
+from saelab.progress import say
 from saelab.run import atomic_write_bytes, atomic_write_json
 
 CODES_DIR = "codes"
@@ -56,6 +57,7 @@ class CodesWriter:
     meta: dict[str, Any]
 
     def __post_init__(self) -> None:
+        self._warned_empty = False  # an SAE that fires on nothing is said once per hook
         self.dir = hook_dir(self.run, self.hook)
         meta = {"format": FORMAT, "version": VERSION, "hook": self.hook, **self.meta}
         old = read_meta(self.dir)
@@ -94,11 +96,27 @@ class CodesWriter:
         d_sae = int(self.meta["d_sae"])
         if len(indices) and int(indices.max()) >= d_sae:
             raise ValueError(f"feature id {int(indices.max())} >= d_sae {d_sae}")
+        with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+            stored = np.ascontiguousarray(values, dtype=self.meta.get("values", "float32"))
+        if not np.isfinite(stored).all():
+            bad = int((~np.isfinite(stored)).sum())
+            raise SaelabError(
+                f"codes of {self.hook} (shard {shard}) hold {bad} NaN or infinite values (after"
+                f" storing as {stored.dtype}); check the SAE and the activations it encodes"
+            )
+        rows = len(indptr) - 1
+        if rows > 0 and not len(stored) and not self._warned_empty:
+            self._warned_empty = True
+            say(
+                f"[yellow]warning[/yellow]: the codes of {self.hook} (shard {shard}) are all"
+                f" empty: no feature fired on {rows} rows; the SAE may not fit these"
+                " activations (another hook, model or scaling)"
+            )
         blob = save(
             {
                 "indptr": np.ascontiguousarray(indptr, dtype=np.int64),
                 "indices": np.ascontiguousarray(indices, dtype=index_dtype(d_sae)),
-                "values": np.ascontiguousarray(values, dtype=self.meta.get("values", "float32")),
+                "values": stored,
                 "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
                 "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
             }
