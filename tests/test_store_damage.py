@@ -180,15 +180,18 @@ def _codes(run: Path) -> Path:
     return run / "codes" / HOOK / "00000.safetensors"
 
 
-@pytest.mark.parametrize("how", ["truncate", "garbage", "header"])
+@pytest.mark.parametrize("how", ["truncate", "garbage", "header", "flip"])
 def test_damaged_codes_file_is_an_error_naming_it(tmp_path, how):
     run = _run(tmp_path)
     f = _codes(run)
     dense = open_codes(run)[HOOK].matrix().toarray()
     assert dense[0, 15] == 1.5 and dense.sum() == 4.0
     raw = f.read_bytes()
+    flipped = raw[:-20] + bytes([raw[-20] ^ 1]) + raw[-19:]  # in the values or offsets
     f.write_bytes(
-        raw[: len(raw) - 5]
+        flipped
+        if how == "flip"
+        else raw[: len(raw) - 5]
         if how == "truncate"
         else b"garbage!" * 3
         if how == "garbage"
@@ -218,14 +221,17 @@ def test_codes_that_break_their_invariants_are_refused(tmp_path):
             open_codes(run)[HOOK].matrix()
 
 
-@pytest.mark.parametrize("how", ["truncate", "garbage"])
+@pytest.mark.parametrize("how", ["truncate", "garbage", "flip"])
 def test_damaged_sae_weights_name_the_file_and_train(tmp_path, how):
     run = _run(tmp_path)
     folder = run / "saes" / HOOK
     SAE(SAEConfig(d_in=4, d_sae=8, architecture="relu")).save(folder)
     w = folder / "sae_weights.safetensors"
     raw = w.read_bytes()
-    w.write_bytes(raw[: len(raw) // 2] if how == "truncate" else b"\x08" + b"\x00" * 7 + b"{")
+    if how == "flip":
+        w.write_bytes(raw[:-3] + bytes([raw[-3] ^ 0x40]) + raw[-2:])
+    else:
+        w.write_bytes(raw[: len(raw) // 2] if how == "truncate" else b"\x08" + b"\x00" * 7 + b"{")
     with pytest.raises(SaelabError) as e:
         SAE.load(folder)
     msg = str(e.value)

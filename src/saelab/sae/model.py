@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saelab.damage import Origin, one_line, origin_of
+from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
 from saelab.errors import SaelabError
 from saelab.run import atomic_dir
 
@@ -318,11 +318,10 @@ class SAE(nn.Module):
             cfg["architecture"] = "standard"  # SAELens's name for the ReLU-L1 SAE
         with atomic_dir(folder) as tmp:
             (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-            save_file(
-                {k: v.cpu() for k, v in self.state_for_file().items()},
-                str(tmp / WEIGHTS_FILE),
-                metadata={"format": "pt"},
-            )
+            state = {k: v.cpu() for k, v in self.state_for_file().items()}
+            # the checksum lets a flipped byte be caught on load; SAELens ignores the key
+            meta = {"format": "pt", CRC_KEY: tensors_crc32c(state)}
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata=meta)
             if log_density is not None:
                 save_file(
                     {"sparsity": log_density.detach().float().cpu().contiguous()},
@@ -370,6 +369,12 @@ class SAE(nn.Module):
                             f" d_in={cfg.d_in}, d_sae={cfg.d_sae} (expected {list(shape)})"
                         )
                 state = {name: f.get_tensor(name) for name in want}
+                metadata = f.metadata()
+                if metadata and CRC_KEY in metadata:
+                    every = {k: state[k] if k in state else f.get_tensor(k) for k in keys}
+                    wrong = check_crc(every, metadata)
+                    if wrong:
+                        raise origin.error(w_path, wrong)
         except SaelabError:
             raise
         except Exception as e:  # SafetensorError, OSError: safetensors has no common base

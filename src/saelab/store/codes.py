@@ -10,9 +10,11 @@ shards and resumes at the first missing (hook, shard). Feature ids in `indices` 
 own ids even when only some features are kept, so they match dashboards and papers. Indices
 are uint16 when d_sae fits (<= 65,536 features): a third of int64's bytes.
 
-Reading checks every shard file for what a damaged file would break (a header that does not
-parse, arrays missing or mis-sized, offsets out of order, feature ids past d_sae, values
-that are not finite) and turns it into one line naming the file and `saelab encode`.
+Each file's header metadata holds a CRC-32C of its tensors (`saelab.damage.CRC_KEY`), so a
+flipped byte is caught when the values are read; reading also checks what a damaged file
+would break (a header that does not parse, arrays missing or mis-sized, offsets out of
+order, feature ids past d_sae, values that are not finite) and turns it into one line naming
+the file and `saelab encode`. Files written before the checksum read as before.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from saelab.damage import Origin, one_line, origin_of
+from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
 from saelab.errors import SaelabError
 from saelab.progress import say
 from saelab.run import atomic_write_bytes, atomic_write_json
@@ -112,15 +114,14 @@ class CodesWriter:
                 f" empty: no feature fired on {rows} rows; the SAE may not fit these"
                 " activations (another hook, model or scaling)"
             )
-        blob = save(
-            {
-                "indptr": np.ascontiguousarray(indptr, dtype=np.int64),
-                "indices": np.ascontiguousarray(indices, dtype=index_dtype(d_sae)),
-                "values": stored,
-                "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
-                "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
-            }
-        )
+        tensors = {
+            "indptr": np.ascontiguousarray(indptr, dtype=np.int64),
+            "indices": np.ascontiguousarray(indices, dtype=index_dtype(d_sae)),
+            "values": stored,
+            "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
+            "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
+        }
+        blob = save(tensors, metadata={CRC_KEY: tensors_crc32c(tensors)})
         atomic_write_bytes(self.dir / _shard_file(shard), blob)
         return len(blob)
 
@@ -169,13 +170,18 @@ def _check_index(path: Path, part: dict[str, np.ndarray], n_rows: int, origin: O
 
 def read_part(path: Path, d_sae: int, origin: Origin | None = None) -> dict[str, np.ndarray]:
     """One shard file's arrays, every invariant checked (see the module docstring)."""
-    from safetensors.numpy import load_file
+    from safetensors import safe_open
 
     origin = origin or codes_origin(path.parent)
     try:
-        part = load_file(str(path))
+        with safe_open(str(path), framework="numpy") as f:
+            part = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata()
     except Exception as e:  # SafetensorError, OSError: safetensors has no common base
         raise origin.error(path, one_line(e)) from e
+    wrong = check_crc(part, metadata)
+    if wrong:
+        raise origin.error(path, wrong)
     for name, dtypes in _PARTS.items():
         a = part.get(name)
         if a is None or a.ndim != 1 or a.dtype.name not in dtypes:
