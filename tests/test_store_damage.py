@@ -203,6 +203,24 @@ def test_damaged_codes_file_is_an_error_naming_it(tmp_path, how):
     assert "\n" not in msg and str(f) in msg and "saelab encode" in msg and "verify" in msg
 
 
+def test_a_deleted_codes_shard_is_an_error(tmp_path):
+    run = _run(tmp_path)
+    f = _codes(run)
+    w = CodesWriter(run, HOOK, {"d_sae": 16, "positions": "last"})
+    w.write_shard(
+        1,
+        indptr=np.array([0, 1]),
+        indices=np.array([3]),
+        values=np.array([1.0], dtype=np.float32),
+        prompt_index=np.array([2]),
+        row_offsets=np.array([0, 1]),
+    )
+    assert open_codes(run)[HOOK].matrix().shape == (3, 16)
+    f.unlink()
+    with pytest.raises(SaelabError, match=r"00000\.safetensors is damaged \(file missing"):
+        open_codes(run)[HOOK]
+
+
 def test_codes_that_break_their_invariants_are_refused(tmp_path):
     from safetensors.numpy import load_file, save_file
 

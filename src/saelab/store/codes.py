@@ -203,6 +203,20 @@ def read_part(path: Path, d_sae: int, origin: Origin | None = None) -> dict[str,
     return part
 
 
+def expected_shards(folder: Path, present: list[int]) -> list[int]:
+    """The shards a hook's codes must have: one per shard of the run's activation store
+    (encode writes codes shard by shard of it), else every number up to the last present.
+    Without this a deleted codes file would just make a hook's codes shorter."""
+    store_shards = folder.parent.parent / "activations" / "shards"
+    if store_shards.is_dir():
+        return [
+            int(p.name)
+            for p in store_shards.iterdir()
+            if p.name.isdigit() and (p / "zarr.json").is_file()
+        ]
+    return list(range(max(present) + 1)) if present else []
+
+
 class HookCodes:
     """One hook's codes across shards: a scipy CSR matrix (rows x d_sae) and its prompts."""
 
@@ -221,6 +235,12 @@ class HookCodes:
             for p in folder.glob("*.safetensors")
             if p.name.split(".")[0].isdigit()
         )
+        missing = sorted(set(expected_shards(folder, self.shards)) - set(self.shards))
+        if missing:
+            raise self.origin.error(
+                folder / _shard_file(missing[0]),
+                f"file missing: {len(missing)} of the codes shards of the activation store",
+            )
         offs, pidx, start = [np.zeros(1, np.int64)], [], 0
         for sh in self.shards:  # only the small index arrays; values are read per shard
             path = folder / _shard_file(sh)
@@ -325,8 +345,13 @@ def read_run_prompts(run: Path) -> dict[str, list[Any]]:
     p = run / "prompts.parquet"
     if not p.is_file():
         raise SaelabError(f"{run} has no prompts.parquet; run `saelab extract --run {run}` first")
-    t = pq.read_table(p).to_pydict()
-    n = len(t.get("text", []))
+    try:
+        t = pq.read_table(p).to_pydict()
+        n = len(t["text"])
+        if any(len(v) != n for v in t.values()):
+            raise ValueError("columns of different lengths")
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...; a column missing
+        raise origin_of(p, p.name, "extract").error(p, one_line(e)) from e
     return {
         "id": [str(x) for x in t.get("id", range(n))],
         "text": list(t.get("text", [])),
