@@ -38,6 +38,7 @@ from torch import nn
 
 from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
 from saelab.errors import SaelabError
+from saelab.nospace import disk_space_for
 from saelab.run import atomic_dir
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "relu")
@@ -308,7 +309,7 @@ class SAE(nn.Module):
 
     def save(self, folder: Path | str, log_density: torch.Tensor | None = None) -> Path:
         """Write cfg.json + sae_weights.safetensors (+ sparsity.safetensors) atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(folder)
         cfg = self.cfg.to_dict()
@@ -318,17 +319,19 @@ class SAE(nn.Module):
             cfg["metadata"] = {**cfg["metadata"], "trained_as": "batchtopk", "k": self.cfg.k}
         elif self.cfg.architecture == "relu":
             cfg["architecture"] = "standard"  # SAELens's name for the ReLU-L1 SAE
-        with atomic_dir(folder) as tmp:
+        state = {k: v.cpu() for k, v in self.state_for_file().items()}
+        # the checksum lets a flipped byte be caught on load; SAELens ignores the key
+        weights = save(state, metadata={"format": "pt", CRC_KEY: tensors_crc32c(state)})
+        blobs = {WEIGHTS_FILE: weights}
+        if log_density is not None:
+            sparsity = {"sparsity": log_density.detach().float().cpu().contiguous()}
+            blobs[SPARSITY_FILE] = save(sparsity)
+        # bytes written by Python, so a full disk is an OSError that disk_space_for names
+        needed = sum(len(b) for b in blobs.values())
+        with disk_space_for(f"SAE {folder.name}", folder, needed), atomic_dir(folder) as tmp:
             (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-            state = {k: v.cpu() for k, v in self.state_for_file().items()}
-            # the checksum lets a flipped byte be caught on load; SAELens ignores the key
-            meta = {"format": "pt", CRC_KEY: tensors_crc32c(state)}
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata=meta)
-            if log_density is not None:
-                save_file(
-                    {"sparsity": log_density.detach().float().cpu().contiguous()},
-                    str(tmp / SPARSITY_FILE),
-                )
+            for name, blob in blobs.items():
+                (tmp / name).write_bytes(blob)
         return folder
 
     @classmethod

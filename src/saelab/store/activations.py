@@ -185,4 +185,12 @@ class ActivationWriter:
                 keep,
             )
         attrs = {"n_prompts": n_prompts, "n_rows": n_rows, "n_tokens": n_tokens}
-        return write_shard_group(final, arrays, attrs=attrs, base=self.root)
+        size = n_rows * sum(self.d_model.values()) * self._dt.itemsize + 12 * n_tokens
+        return write_shard_group(
+            final,
+            arrays,
+            attrs=attrs,
+            base=self.root,
+            what=f"activation shard {final.name}",
+            size_hint=size,
+        )

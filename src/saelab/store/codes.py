@@ -122,7 +122,7 @@ class CodesWriter:
             "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
         }
         blob = save(tensors, metadata={CRC_KEY: tensors_crc32c(tensors)})
-        atomic_write_bytes(self.dir / _shard_file(shard), blob)
+        atomic_write_bytes(self.dir / _shard_file(shard), blob, f"codes shard {shard:05d}")
         return len(blob)
 
 

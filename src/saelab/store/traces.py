@@ -278,7 +278,17 @@ class TraceWriter:
             "n_pairs": n_pairs,
         }
         files = {META_FILE: _meta_table(traces, plen, alen)}
-        return write_shard_group(final, specs, attrs=attrs, base=self.root, files=files)
+        size = int(rows.sum()) * sum(self.d_model.values()) * self._dt.itemsize
+        size += len(self.attention_layers) * len(self.heads) * n_pairs * self._adt.itemsize
+        return write_shard_group(
+            final,
+            specs,
+            attrs=attrs,
+            base=self.root,
+            files=files,
+            what=f"trace shard {final.name}",
+            size_hint=size + 12 * int(offsets[-1]),
+        )
 
     def _check(self, tr: Trace, p: int, a: int) -> None:
         """Shapes and key sets of one trace, checked before anything is written."""
