@@ -53,7 +53,8 @@ def test_the_run_tables_are_queryable(run, tmp_path):
         "SELECT * FROM read_parquet('{run}/../run/prompts.parquet', filename=true) "
         "UNION ALL SELECT *, 'x' FROM read_csv('{secret}')",
         "COPY (SELECT 1) TO '{tmp}/x.csv'",
-        "COPY (SELECT 1 AS feature, 0.0 AS q) TO '{run}/stats/contrast.parquet' (USE_TMP_FILE false)",
+        "COPY (SELECT 1 AS feature, 0.0 AS q) TO '{run}/stats/contrast.parquet'"
+        " (USE_TMP_FILE false)",
         "COPY contrast FROM '{secret}'",
         "ATTACH '{tmp}/new.duckdb' AS d",
         "ATTACH '{run}/stats/contrast.parquet' AS d",
