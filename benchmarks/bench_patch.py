@@ -316,21 +316,28 @@ def main() -> None:
     )
     print(f"{changed}/{n_edit_rows} edited rows generate something other than the unedited row")
     # what was timed must have done the work: every edit applied at every position it names
-    # (the last prompt token and each generated token fed back), every edited row's first
-    # answer distribution moved off its unedited row's, and the two methods' tokens equal
+    # (the last prompt token and each generated token fed back), the two methods' tokens
+    # equal, and every edited row moved off its unedited row's first answer distribution
+    # where the rule says it must: an ablation changes the last prompt token only where the
+    # feature fires there (elsewhere f' - f = 0 and the row is exactly the unedited one)
     want = n_new  # last prompt token + n_new - 1 generated tokens fed back
     not_applied = [k for k in rows if k[0] is not None and applied[k] != want]
+    with torch.no_grad():
+        live = sae.encode(acts[:, -1]) > 0  # (prompt, feature) fires at the last prompt token
+    should_move = [k for k in rows if k[0] is not None and bool(live[k[1], feats[k[0]]])]
     unmoved = [
-        k for k in rows
-        if k[0] is not None and float((first[k] - first[(None, k[1])]).abs().max()) <= 1e-6
-    ]  # fmt: skip
+        k for k in should_move if float((first[k] - first[(None, k[1])]).abs().max()) <= 1e-6
+    ]
     print(
         f"edits applied at all {want} positions in {n_edit_rows - len(not_applied)}/{n_edit_rows}"
-        f" rows; first answer distribution moved in {n_edit_rows - len(unmoved)}/{n_edit_rows}"
+        f" rows; first answer distribution moved in {len(should_move) - len(unmoved)}"
+        f"/{len(should_move)} rows whose feature fires at the last prompt token"
     )
+    if not should_move:
+        print("FAIL: no edit changes a last prompt token, so nothing shows the edits work")
     checks = {
         "every edit applied": not not_applied,
-        "every edited row moved": not unmoved,
+        "every edited row moved": bool(should_move) and not unmoved,
         "tokens agree": agree == len(subset),
     }
     for what, good in checks.items():

@@ -179,13 +179,17 @@ class ChunkReader:
         if self._crc:
             names = names[:-1]
         self._zarr: Any = None
-        if not (
-            names == _CHAIN
-            and cfg["bytes"].get("endian", "little") == "little"
-            and meta["chunk_grid"]["name"] == "regular"
-            and list(chunks[1:]) == list(self.shape[1:])
-            and key_encoding in _KEY_CHOICES
-        ):
+        try:
+            plain = (
+                names == _CHAIN
+                and cfg["bytes"].get("endian", "little") == "little"
+                and meta["chunk_grid"]["name"] == "regular"
+                and list(chunks[1:]) == list(self.shape[1:])
+                and key_encoding in _KEY_CHOICES
+            )
+        except _METADATA_ERRORS as e:
+            raise self.origin.error(meta_path, one_line(e)) from e
+        if not plain:
             try:
                 with quiet_numcodecs():
                     self._zarr = zarr.open_array(store=str(self.path), mode="r", zarr_format=3)
