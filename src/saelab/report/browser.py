@@ -56,9 +56,16 @@ class OpenReport:
 
 @contextlib.contextmanager
 def open_report(
-    path: Path | str, *, width: int = 1400, height: int = 1000, timeout_ms: int = 60_000
+    path: Path | str,
+    *,
+    width: int = 1400,
+    height: int = 1000,
+    timeout_ms: int = 60_000,
+    wait_ready: bool = True,
 ) -> Iterator[OpenReport]:
-    """Open `path` from disk (file://) and wait until the page says it is ready."""
+    """Open `path` from disk (file://) and wait until the page says it is ready (with
+    `wait_ready=False`, only until navigation commits: for timing pages that are not
+    reports)."""
     exe = chromium_path()
     if exe is None:
         raise SaelabError("no Chromium found: apt-get install chromium (or set SAELAB_CHROMIUM)")
@@ -75,8 +82,11 @@ def open_report(
             page.on("pageerror", lambda e: rep.console.append(("pageerror", str(e))))
             page.on("requestfailed", lambda r: rep.failed_requests.append(r.url))
             page.on("request", lambda r: rep.requests.append(r.url))
-            page.goto(Path(path).resolve().as_uri(), timeout=timeout_ms)
-            page.wait_for_selector("body[data-ready='1']", timeout=timeout_ms, state="attached")
+            page.goto(Path(path).resolve().as_uri(), timeout=timeout_ms,
+                      wait_until="load" if wait_ready else "commit")  # fmt: skip
+            if wait_ready:
+                page.wait_for_selector("body[data-ready='1']", timeout=timeout_ms,
+                                       state="attached")  # fmt: skip
             yield rep
         finally:
             browser.close()

@@ -77,17 +77,20 @@ def _clean(obj: Any) -> Any:
 
 
 def column_json(values: np.ndarray) -> str:
-    """One table column as a JSON array: numbers to 5 significant digits, NaN as null."""
+    """One table column as JSON: numbers to 5 significant digits (NaN as null), booleans as
+    1/0, text as {"levels": [...], "index": [...]} (a hook name is not repeated per row)."""
     v = np.asarray(values)
     if v.dtype == bool:
-        return "[" + ",".join(np.where(v, "true", "false")) + "]"
+        return "[" + ",".join(np.where(v, "1", "0")) + "]"
     if v.dtype.kind in "iu":
         return "[" + ",".join(v.astype(str)) + "]"
     if v.dtype.kind == "f":
         s = np.char.mod("%.5g", v.astype(np.float64))
         s = np.where(np.isfinite(v), s, "null")
         return "[" + ",".join(s) + "]"
-    return json.dumps([None if x is None else str(x) for x in v.tolist()])
+    levels, index = np.unique(np.asarray(["" if x is None else str(x) for x in v.tolist()]),
+                              return_inverse=True)  # fmt: skip
+    return '{"levels":' + json.dumps(levels.tolist()) + ',"index":' + column_json(index) + "}"
 
 
 def _table_json(cols: dict[str, np.ndarray]) -> str:

@@ -31,7 +31,7 @@ COMMANDS = {
 }
 TABLE_COLUMNS = (
     "source", "hook", "feature", "tested", "active_a", "active_b", "mean_a", "mean_b",
-    "cohen_d", "hedges_g", "auc", "p_t", "log10_p_t", "q", "q_hook", "significant",
+    "cohen_d", "auc", "log10_p_t", "q", "q_hook", "significant",
 )  # fmt: skip
 
 

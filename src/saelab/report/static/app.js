@@ -4,8 +4,9 @@ const $id = (id) => document.getElementById(id);
 const json = (id) => JSON.parse($id(id).textContent);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => (
   { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const INT = new Intl.NumberFormat("en");
 const fmt = (v, d = 3) => (v === null || v === undefined || Number.isNaN(v)) ? "–"
-  : (typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString("en") : v.toPrecision(d)) : esc(v));
+  : (typeof v === "number" ? (Number.isInteger(v) ? INT.format(v) : v.toPrecision(d)) : esc(v));
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const data = json("report-data");
 const drawn = new Set();
@@ -60,8 +61,9 @@ function statsHtml(row) {
     + `<tr><td>mean</td><td>${fmt(row.mean_a)}</td><td>${fmt(row.mean_b)}</td></tr>`
     + (row.sd_a !== undefined ? `<tr><td>SD</td><td>${fmt(row.sd_a)}</td><td>${fmt(row.sd_b)}</td></tr>` : "")
     + `<tr><td>prompts firing</td><td>${fmt(row.active_a)}</td><td>${fmt(row.active_b)}</td></tr></table>`
-    + `<p>d ${fmt(row.cohen_d)}, g ${fmt(row.hedges_g)}, AUC ${fmt(row.auc)},`
-    + ` p ${pValue(row.p_t, row.log10_p_t)}, q ${fmt(row.q, 2)} (per hook ${fmt(row.q_hook, 2)})`
+    + `<p>d ${fmt(row.cohen_d)}${row.hedges_g !== undefined ? ", g " + fmt(row.hedges_g) : ""}, AUC ${fmt(row.auc)},`
+    + ` p ${pValue(row.p_t ?? (row.log10_p_t === null ? null : Math.pow(10, row.log10_p_t)), row.log10_p_t)},`
+    + ` q ${fmt(row.q, 2)} (per hook ${fmt(row.q_hook, 2)})`
     + `${row.significant ? ' <span class="sig">significant</span>' : ""}${row.tested === false ? " (not tested)" : ""}</p>`;
 }
 
@@ -147,37 +149,58 @@ function setupTable(DataTable) {
   const t = json("table-data");
   const cols = t.columns;
   cols.forEach((c, i) => { colIndex[c] = i; });
-  const n = t.data[cols[0]].length;
+  // text columns come as levels + index, booleans as 1/0
+  const columnsData = cols.map((c) => {
+    const d = t.data[c];
+    return d && d.levels ? d.index.map((i) => d.levels[i]) : d;
+  });
+  const n = columnsData[0].length;
   rows = new Array(n);
-  for (let r = 0; r < n; r++) rows[r] = cols.map((c) => t.data[c][r]);
+  for (let r = 0; r < n; r++) rows[r] = columnsData.map((d) => d[r]);
   const hasCard = (r) => Object.prototype.hasOwnProperty.call(data.cards, r[colIndex.hook] + ":" + r[colIndex.feature]);
-  const num = (d) => ({ data: colIndex[d], title: d, render: (v, type) => type === "display" ? fmt(v) : (v ?? -Infinity) });
+  // Explicit types and display-only renderers: DataTables then neither detects types nor
+  // renders 100,000 x 13 cells for sorting; only hook and feature are searched as text.
+  const num = (d) => ({ data: colIndex[d], title: d, type: "num", searchable: false,
+    render: { display: (v) => fmt(v) } });
   const columns = [
-    { data: colIndex.source, title: "source" },
-    { data: colIndex.hook, title: "hook" },
-    { data: colIndex.feature, title: "feature",
-      render: (v, type, r) => type === "display" ? `${v}${hasCard(r) ? ' <span class="has-card" title="card stored">●</span>' : ""}` : v },
+    { data: colIndex.source, title: "source", type: "string" },
+    { data: colIndex.hook, title: "hook", type: "string" },
+    { data: colIndex.feature, title: "feature", type: "num",
+      render: { display: (v, _t, r) => `${v}${hasCard(r) ? ' <span class="has-card" title="card stored">●</span>' : ""}` } },
     num("active_a"), num("active_b"), num("mean_a"), num("mean_b"), num("cohen_d"), num("auc"),
-    { data: colIndex.p_t, title: "p", render: (v, type, r) => type === "display" ? pValue(v, r[colIndex.log10_p_t]) : (r[colIndex.log10_p_t] ?? Infinity) },
-    { data: colIndex.q, title: "q", render: (v, type) => type === "display" ? fmt(v, 2) : (v ?? Infinity) },
-    { data: colIndex.q_hook, title: "q (hook)", render: (v, type) => type === "display" ? fmt(v, 2) : (v ?? Infinity) },
-    { data: colIndex.significant, title: "sig.", render: (v, type) => type === "display" ? (v ? "✔" : "") : (v ? 1 : 0) },
+    { data: colIndex.log10_p_t, title: "p", type: "num", searchable: false,
+      render: { display: (v) => pValue(v === null ? null : Math.pow(10, v), v) } },
+    { data: colIndex.q, title: "q", type: "num", searchable: false, render: { display: (v) => fmt(v, 2) } },
+    { data: colIndex.q_hook, title: "q (hook)", type: "num", searchable: false, render: { display: (v) => fmt(v, 2) } },
+    { data: colIndex.significant, title: "sig.", type: "string", searchable: false,
+      render: { display: (v) => (v ? "✔" : "") } },
   ];
   const hookSel = $id("filter-hook");
-  const hooks = [...new Set(t.data.hook)];
+  const hooks = t.data.hook.levels || [...new Set(t.data.hook)];
   hookSel.innerHTML = '<option value="">all hooks</option>' + hooks.map((h) => `<option>${esc(h)}</option>`).join("");
+  // the filter controls are read once per draw (settings.iDraw), not once per row
+  let seen = -1;
+  let f = null;
   DataTable.ext.search.push((settings, _searchData, index) => {
     if (settings.nTable.id !== "features") return true;
+    if (settings.iDraw !== seen) {
+      seen = settings.iDraw;
+      const d = parseFloat($id("filter-d").value);
+      f = { hook: hookSel.value, sig: $id("filter-sig").checked, card: $id("filter-card").checked,
+        minD: Number.isNaN(d) ? null : d };
+      f.any = f.hook || f.sig || f.card || f.minD !== null;
+    }
+    if (!f.any) return true;
     const r = rows[index];
-    if (hookSel.value && r[colIndex.hook] !== hookSel.value) return false;
-    if ($id("filter-sig").checked && !r[colIndex.significant]) return false;
-    if ($id("filter-card").checked && !hasCard(r)) return false;
-    const minD = parseFloat($id("filter-d").value);
-    if (!Number.isNaN(minD) && !(Math.abs(r[colIndex.cohen_d] ?? 0) >= minD)) return false;
+    if (f.hook && r[colIndex.hook] !== f.hook) return false;
+    if (f.sig && !r[colIndex.significant]) return false;
+    if (f.card && !hasCard(r)) return false;
+    if (f.minD !== null && !(Math.abs(r[colIndex.cohen_d] ?? 0) >= f.minD)) return false;
     return true;
   });
   table = new DataTable("#features", {
-    data: rows, columns, deferRender: true, pageLength: 25, searchDelay: 150,
+    // autoWidth off: measuring columns would render every row's cells
+    data: rows, columns, deferRender: true, autoWidth: false, pageLength: 25, searchDelay: 150,
     order: [[colIndex.q !== undefined ? 10 : 2, "asc"]],
     language: { search: "search:" },
   });
@@ -208,12 +231,15 @@ async function loadDataTables() {
 }
 
 async function main() {
-  for (const id of data.figures) drawFigure(id, id.replace(/^json-/, ""));
-  setupVolcano();
+  performance.mark("app-start");
   if ($id("table-data")) {
     const mod = await loadDataTables();
+    performance.mark("datatables-loaded");
     setupTable(mod.default);
   }
+  for (const id of data.figures) drawFigure(id, id.replace(/^json-/, ""));
+  setupVolcano();
+  performance.mark("figures-drawn");
   window.saelabReport = { table: () => table, openCard, ready: true };
   document.body.dataset.ready = "1";
 }
