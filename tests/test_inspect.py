@@ -208,3 +208,30 @@ def test_bad_input_is_one_line(run_copy, smol, tmp_path):
     short.write_text("Too short.")
     with pytest.raises(SaelabError, match="fewer than one window"):
         feature_card(run_copy, HOOK, [1], corpus=str(short), lm=smol, quiet=True)
+
+
+def test_accumulator_rules_on_a_handmade_block():
+    """BOS rows ignored, ties go to the earlier prompt and position, a silent feature gets an
+    empty card, prompts without a group count in no group."""
+    import scipy.sparse as sp
+
+    from saelab.inspect.accumulate import FeatureAccumulator, TokenBlock
+
+    # 3 prompts of 3 tokens; column 0 = feature 5, column 1 = feature 9 (never fires)
+    dense = np.array([[9.0, 0], [2, 0], [2, 0],  # BOS 9 ignored; tie at 2: position 1 wins
+                      [0, 0], [2, 0], [1, 0],
+                      [0, 0], [0, 0], [3, 0]])  # fmt: skip
+    block = TokenBlock(codes=sp.csr_matrix(dense), offsets=np.array([0, 3, 6, 9]),
+                       prompt=np.array([10, 11, 12]), token_ids=np.arange(9), skip_first=True,
+                       groups=["a", None, "b"])  # fmt: skip
+    acc = FeatureAccumulator([5, 9], top=3, window=(1, 1), n_sample=8)
+    acc.add(block)
+    five, nine = acc.results()
+    assert five["n_tokens"] == 6 and five["n_fire"] == 5 and five["max_value"] == 3
+    tops = [c for c in five["contexts"] if c.kind == "top"]
+    assert [(c.prompt, c.position, c.value) for c in tops] == [(12, 2, 3.0), (10, 1, 2.0),
+                                                              (11, 1, 2.0)]  # fmt: skip
+    assert tops[1].start == 1 and tops[1].token_ids == [1, 2] and tops[1].acts == [2.0, 2.0]
+    assert five["group_means"] == {"a": 2.0, "b": 3.0}
+    assert nine["n_fire"] == 0 and nine["contexts"] == [] and nine["hist_counts"] == []
+    assert nine["group_means"] == {"a": 0.0, "b": 0.0}

@@ -171,7 +171,8 @@ class FeatureAccumulator:
         labels = list(b.groups) if b.groups is not None else None
         if labels is not None:
             for g in labels:
-                self.group_n[g] = self.group_n.get(g, 0) + 1
+                if g is not None:  # prompts without a group count in no group's mean
+                    self.group_n[g] = self.group_n.get(g, 0) + 1
         for j, f in enumerate(self.features):
             rows = x.indices[x.indptr[j] : x.indptr[j + 1]]
             vals = x.data[x.indptr[j] : x.indptr[j + 1]].astype(np.float64)
@@ -196,9 +197,6 @@ class FeatureAccumulator:
         st.hist.add(vals)
         st.n_fire += len(vals)
         if not len(vals):
-            if labels is not None:
-                for g in labels:
-                    st.group_sum.setdefault(g, 0.0)
             return
         st.max_value = max(st.max_value, float(vals.max()))
         p = row_prompt[rows]
@@ -212,10 +210,9 @@ class FeatureAccumulator:
         st.n_prompts_fire += len(prompts)
         if labels is not None:
             pooled = self._pooled(vals, starts, prompts, rows, offs, kept, peak)
-            for g in labels:
-                st.group_sum.setdefault(g, 0.0)
             for q, v in zip(prompts, pooled, strict=True):
-                st.group_sum[labels[q]] = st.group_sum.get(labels[q], 0.0) + float(v)
+                if labels[q] is not None:
+                    st.group_sum[labels[q]] = st.group_sum.get(labels[q], 0.0) + float(v)
         gprompt = np.asarray(b.prompt, dtype=np.int64)[prompts]
         # top-N by (value desc, global prompt asc) over kept and new candidates
         if self.top_n > 0:
