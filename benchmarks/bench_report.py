@@ -48,12 +48,16 @@ def synthetic_run(root: Path, rows: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     run = root / "run"
     rf = RunFolder(run)
-    rf.bind_config("extract", {"model": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                               "prompts": "synthetic", "n_prompts": 6400})  # fmt: skip
-    rf.update_stage("extract", complete=True, plan={"estimate": {"ram_bytes": 2 << 30,
-                    "disk_bytes": 5 << 30, "seconds": 600}},
-                    measured={"peak_rss_bytes": 3 << 30, "disk_bytes": 4 << 30,
-                              "wall_seconds": 700})  # fmt: skip
+    rf.bind_config(
+        "extract",
+        {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "prompts": "synthetic", "n_prompts": 6400},
+    )
+    rf.update_stage(
+        "extract",
+        complete=True,
+        plan={"estimate": {"ram_bytes": 2 << 30, "disk_bytes": 5 << 30, "seconds": 600}},
+        measured={"peak_rss_bytes": 3 << 30, "disk_bytes": 4 << 30, "wall_seconds": 700},
+    )
     per = rows // HOOKS
     hooks = [f"blocks.{4 * i + 3}.hook_resid_post" for i in range(HOOKS)]
     n = per * HOOKS
@@ -65,13 +69,20 @@ def synthetic_run(root: Path, rows: int, seed: int = 0) -> Path:
         "hook": np.repeat(hooks, per).astype(object),
         "feature": np.tile(np.arange(per), HOOKS),
         "tested": tested,
-        "n_a": np.full(n, 3200), "n_b": np.full(n, 3200),
-        "active_a": rng.integers(0, 3200, n), "active_b": rng.integers(0, 3200, n),
-        "mean_a": rng.gamma(2, 1, n), "mean_b": rng.gamma(2, 1, n),
-        "sd_a": rng.gamma(2, 1, n), "sd_b": rng.gamma(2, 1, n),
-        "cohen_d": d, "hedges_g": d * 0.999, "auc": rng.random(n),
-        "p_t": p, "log10_p_t": np.log10(p),
-    }  # fmt: skip
+        "n_a": np.full(n, 3200),
+        "n_b": np.full(n, 3200),
+        "active_a": rng.integers(0, 3200, n),
+        "active_b": rng.integers(0, 3200, n),
+        "mean_a": rng.gamma(2, 1, n),
+        "mean_b": rng.gamma(2, 1, n),
+        "sd_a": rng.gamma(2, 1, n),
+        "sd_b": rng.gamma(2, 1, n),
+        "cohen_d": d,
+        "hedges_g": d * 0.999,
+        "auc": rng.random(n),
+        "p_t": p,
+        "log10_p_t": np.log10(p),
+    }
     for k in ("cohen_d", "hedges_g", "auc", "p_t", "log10_p_t"):
         cols[k] = np.where(tested, cols[k], np.nan)
     q = np.full(n, np.nan)
@@ -86,13 +97,29 @@ def synthetic_run(root: Path, rows: int, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.table({k: (v.tolist() if v.dtype == object else v) for k, v in cols.items()})
     pq.write_table(table, folder / "contrast.parquet")
-    summary = {"groups": {"A": 3200, "B": 3200}, "group_a": "A", "group_b": "B",
-               "source": "codes", "pool": "max", "alpha": 0.05, "min_active": 5,
-               "tested": int(tested.sum()), "significant": int(cols["significant"].sum()),
-               "hooks": {h: {"features": per, "tested": int(((cols["hook"] == h) & tested).sum()),
-                             "significant": int(((cols["hook"] == h) & cols["significant"]).sum()),
-                             "untested": 0, "untested_dead": 0, "untested_rare": 0, "top": []}
-                         for h in hooks}}  # fmt: skip
+    summary = {
+        "groups": {"A": 3200, "B": 3200},
+        "group_a": "A",
+        "group_b": "B",
+        "source": "codes",
+        "pool": "max",
+        "alpha": 0.05,
+        "min_active": 5,
+        "tested": int(tested.sum()),
+        "significant": int(cols["significant"].sum()),
+        "hooks": {
+            h: {
+                "features": per,
+                "tested": int(((cols["hook"] == h) & tested).sum()),
+                "significant": int(((cols["hook"] == h) & cols["significant"]).sum()),
+                "untested": 0,
+                "untested_dead": 0,
+                "untested_rare": 0,
+                "top": [],
+            }
+            for h in hooks
+        },
+    }
     (folder / "contrast_summary.json").write_text(json.dumps(summary))
     rf.update_stage("contrast", complete=True, seconds=12.0)
     words = "the of a committee meeting weather we lol gonna postponed residents".split()
@@ -100,16 +127,46 @@ def synthetic_run(root: Path, rows: int, seed: int = 0) -> Path:
     for f in range(20):
         toks = [words[i % len(words)] + " " for i in range(17)]
         acts = rng.gamma(1, 1, 17).tolist()
-        ctx = [{"kind": "top", "rank": r, "prompt": r, "prompt_id": f"p{r}", "position": 12,
-                "value": max(acts), "start": 0, "token_ids": list(range(17)), "tokens": toks,
-                "acts": acts, "quantile": None} for r in range(20)]  # fmt: skip
-        cards.append(FeatureCard(hook=hooks[0], feature=f, source="codes", sae="synthetic",
-                                 model="synthetic", n_tokens=100_000, n_fire=500, density=0.005,
-                                 n_prompts=6400, n_prompts_fire=300, max_value=max(acts),
-                                 hist_edges=np.linspace(0, 8, 65).tolist(),
-                                 hist_counts=rng.integers(0, 50, 64).tolist(), pool="max",
-                                 group_means={"A": 1.0, "B": 0.5}, group_sizes={"A": 3200, "B": 3200},
-                                 contexts=ctx, lens={}, contrast=None, patch=[]))  # fmt: skip
+        ctx = [
+            {
+                "kind": "top",
+                "rank": r,
+                "prompt": r,
+                "prompt_id": f"p{r}",
+                "position": 12,
+                "value": max(acts),
+                "start": 0,
+                "token_ids": list(range(17)),
+                "tokens": toks,
+                "acts": acts,
+                "quantile": None,
+            }
+            for r in range(20)
+        ]
+        cards.append(
+            FeatureCard(
+                hook=hooks[0],
+                feature=f,
+                source="codes",
+                sae="synthetic",
+                model="synthetic",
+                n_tokens=100_000,
+                n_fire=500,
+                density=0.005,
+                n_prompts=6400,
+                n_prompts_fire=300,
+                max_value=max(acts),
+                hist_edges=np.linspace(0, 8, 65).tolist(),
+                hist_counts=rng.integers(0, 50, 64).tolist(),
+                pool="max",
+                group_means={"A": 1.0, "B": 0.5},
+                group_sizes={"A": 3200, "B": 3200},
+                contexts=ctx,
+                lens={},
+                contrast=None,
+                patch=[],
+            )
+        )
     save_cards(run, cards)
     return run
 
@@ -120,8 +177,10 @@ def plain_table(run: Path, out: Path) -> Path:
 
     t = pq.read_table(run / "stats" / "contrast.parquet").to_pandas()
     body = t.to_html(index=False, float_format=lambda v: f"{v:.4g}")
-    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{body}"
-                   "<script>document.body.dataset.ready='1'</script></body></html>")  # fmt: skip
+    out.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'></head><body>{body}"
+        "<script>document.body.dataset.ready='1'</script></body></html>"
+    )
     return out
 
 
@@ -185,8 +244,9 @@ def main() -> int:
         print(f"synthetic run with {args.rows:,} contrast rows in {time.perf_counter() - t0:.1f} s")
         import pyarrow.parquet as pq
 
-        sig_want = int(pq.read_table(run / "stats" / "contrast.parquet").column("significant")
-                       .to_numpy().sum())  # fmt: skip
+        sig_want = int(
+            pq.read_table(run / "stats" / "contrast.parquet").column("significant").to_numpy().sum()
+        )
         builds = [C.timed(build_report, run) for _ in range(2 if args.quick else 3)]
         page = run / "report" / "index.html"
         size = page.stat().st_size
@@ -205,41 +265,78 @@ def main() -> int:
                     continue
                 with open_report(base, wait_ready=False) as rep:  # may never finish loading
                     plain.append(baseline_times(rep.page))
-        ok = all(m["total"] == args.rows and m["sig_rows"] == sig_want and not m["errors"]
-                 for m in ours)  # fmt: skip
-        med = {k: C.median([m[k] for m in ours]) for k in
-               ("fcp", "ready", "load", "filter_ms", "search_ms", "sort_ms", "redraw_ms")}  # fmt: skip
-        pmed = {k: (None if any(m[k] is None for m in plain) else C.median([m[k] for m in plain]))
-                for k in ("fcp", "load")}  # fmt: skip
+        ok = all(
+            m["total"] == args.rows and m["sig_rows"] == sig_want and not m["errors"] for m in ours
+        )
+        med = {
+            k: C.median([m[k] for m in ours])
+            for k in ("fcp", "ready", "load", "filter_ms", "search_ms", "sort_ms", "redraw_ms")
+        }
+        pmed = {
+            k: (None if any(m[k] is None for m in plain) else C.median([m[k] for m in plain]))
+            for k in ("fcp", "load")
+        }
         rows = [
             {"what": "build_report (s)", "saelab": C.median(builds), "plain table": None},
-            {"what": "file size (MiB)", "saelab": size / 2**20,
-             "plain table": base.stat().st_size / 2**20},
-            {"what": "first contentful paint (ms)", "saelab": med["fcp"], "plain table": _ms(pmed["fcp"])},
-            {"what": "load event end (ms)", "saelab": med["load"], "plain table": _ms(pmed["load"])},
-            {"what": "feature table usable (ms)", "saelab": med["ready"], "plain table": _ms(pmed["load"])},
-            {"what": "filter 'significant only' (ms)", "saelab": med["filter_ms"], "plain table": None},
+            {
+                "what": "file size (MiB)",
+                "saelab": size / 2**20,
+                "plain table": base.stat().st_size / 2**20,
+            },
+            {
+                "what": "first contentful paint (ms)",
+                "saelab": med["fcp"],
+                "plain table": _ms(pmed["fcp"]),
+            },
+            {
+                "what": "load event end (ms)",
+                "saelab": med["load"],
+                "plain table": _ms(pmed["load"]),
+            },
+            {
+                "what": "feature table usable (ms)",
+                "saelab": med["ready"],
+                "plain table": _ms(pmed["load"]),
+            },
+            {
+                "what": "filter 'significant only' (ms)",
+                "saelab": med["filter_ms"],
+                "plain table": None,
+            },
             {"what": "search '123' (ms)", "saelab": med["search_ms"], "plain table": None},
             {"what": "sort by d (ms)", "saelab": med["sort_ms"], "plain table": None},
             {"what": "redraw a page (ms)", "saelab": med["redraw_ms"], "plain table": None},
-        ]  # fmt: skip
+        ]
         C.print_table(rows, f"report with {args.rows:,} contrast rows (medians of {rounds} rounds)")
         # a plain table that never painted within the cap counts as the cap (a lower bound)
         ratio = (pmed["fcp"] or BASELINE_CAP_MS) / med["fcp"] if med["fcp"] else float("nan")
-        targets = (med["fcp"] < 1500 and med["ready"] < 5000 and med["filter_ms"] < 500
-                   and ratio >= 2)  # fmt: skip
+        targets = (
+            med["fcp"] < 1500 and med["ready"] < 5000 and med["filter_ms"] < 500 and ratio >= 2
+        )
         verdict = "PASS" if ok and targets else ("FAIL" if ok else "FAIL (wrong rows)")
         print(f"correct: {ok} (rows {args.rows:,}, significant {sig_want:,}, console errors none)")
-        line = (f"SUMMARY bench_report {verdict}: {args.rows:,} rows, build {C.median(builds):.1f} s,"
-                f" {size / 2**20:.1f} MiB, first paint {med['fcp']:.0f} ms (plain table"
-                f" {_ms(pmed['fcp'])} ms, {ratio:.1f}x), table usable {med['ready']:.0f} ms"
-                f" (plain table loaded {_ms(pmed['load'])} ms),"
-                f" filter {med['filter_ms']:.0f} ms")  # fmt: skip
+        line = (
+            f"SUMMARY bench_report {verdict}: {args.rows:,} rows, build {C.median(builds):.1f} s,"
+            f" {size / 2**20:.1f} MiB, first paint {med['fcp']:.0f} ms (plain table"
+            f" {_ms(pmed['fcp'])} ms, {ratio:.1f}x), table usable {med['ready']:.0f} ms"
+            f" (plain table loaded {_ms(pmed['load'])} ms),"
+            f" filter {med['filter_ms']:.0f} ms"
+        )
         print(line)
         if args.json:
-            Path(args.json).write_text(json.dumps({"rows": rows, "ours": ours, "plain": plain,
-                                                   "machine": C.machine(), "summary": line},
-                                                  indent=1, default=str))  # fmt: skip
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "rows": rows,
+                        "ours": ours,
+                        "plain": plain,
+                        "machine": C.machine(),
+                        "summary": line,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
         return 0 if ok else 1
     finally:
         shutil.rmtree(root, ignore_errors=True)

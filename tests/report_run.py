@@ -27,22 +27,41 @@ _MADE: dict[str, Any] = {}
 
 def build_run(root: Path, lm: Any, *, patch: bool = True) -> Path:
     run = root / "run"
-    run_extract(ExtractOptions(prompts="builtin:styles", hooks="resid_post.7", run=str(run),
-                               quiet=True, store_dtype="float32"), lm=lm)  # fmt: skip
+    run_extract(
+        ExtractOptions(
+            prompts="builtin:styles",
+            hooks="resid_post.7",
+            run=str(run),
+            quiet=True,
+            store_dtype="float32",
+        ),
+        lm=lm,
+    )
     sae = random_sae("jumprelu", HOOK, d_sae=512, seed=11)
     sae.save(root / "saes" / HOOK)
     run_encode(EncodeOptions(saes=str(root / "saes"), run=str(run), quiet=True))
     run_contrast(ContrastOptions(run=str(run), groups="formal,casual", min_active=3, quiet=True))
     if patch:
         prompts = root / "few.jsonl"
-        few = [("f0", "The committee has postponed the meeting.", "formal"),
-               ("c0", "heads up, the meeting is off lol", "casual")]  # fmt: skip
+        few = [
+            ("f0", "The committee has postponed the meeting.", "formal"),
+            ("c0", "heads up, the meeting is off lol", "casual"),
+        ]
         prompts.write_text(
             "".join(json.dumps({"id": i, "text": t, "group": g}) + "\n" for i, t, g in few)
         )
-        run_patch(PatchOptions(run=str(run), sweep="top:2", values="0,@4", prompts=str(prompts),
-                               generate=2, targets=" the, a", outcome=["comma=,"],
-                               quiet=True))  # fmt: skip
+        run_patch(
+            PatchOptions(
+                run=str(run),
+                sweep="top:2",
+                values="0,@4",
+                prompts=str(prompts),
+                generate=2,
+                targets=" the, a",
+                outcome=["comma=,"],
+                quiet=True,
+            )
+        )
     return run
 
 

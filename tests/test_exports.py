@@ -46,8 +46,10 @@ def test_every_tested_feature_round_trips(run_copy, fmt):
     assert layer["hook"] == HOOK and layer["layer"] == 7 and layer["n_features"] == 512
     assert layer["n_tested"] == len(tested) and (layer["n_a"], layer["n_b"]) == (40, 40)
     sig = tested[tested["significant"]].sort_values(["q", "feature"])
-    assert layer["n_significant"] == len(sig) and layer["significant_features"] == sig[
-        "feature"].tolist()  # fmt: skip
+    assert (
+        layer["n_significant"] == len(sig)
+        and layer["significant_features"] == sig["feature"].tolist()
+    )
     assert got["groups"] == {"a": "formal", "b": "casual", "n_a": 40, "n_b": 40}
     assert got["pool"] == "max" and got["source"] == "codes"
 
@@ -56,8 +58,9 @@ def test_significant_only_and_other_source(run_copy):
     d = read_stats(export_stats(run_copy, "npz", significant_only=True))
     assert d["significant_only"] and d["features"]["significant"].all()
     assert d["n_exported"] == d["layers"][0]["n_significant"]
-    run_contrast(ContrastOptions(run=str(run_copy), groups="formal,casual", source="activations",
-                                 quiet=True))  # fmt: skip
+    run_contrast(
+        ContrastOptions(run=str(run_copy), groups="formal,casual", source="activations", quiet=True)
+    )
     raw = read_stats(export_stats(run_copy, "json", source="activations", out=run_copy / "r.json"))
     assert raw["source"] == "activations" and raw["layers"][0]["n_features"] == 576
     assert json.loads((run_copy / "r.json").read_text())["format"] == "saelab.stats"

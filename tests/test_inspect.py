@@ -55,11 +55,22 @@ def brute_force(run: Path, feats: list[int]) -> dict[int, dict]:
             if len(col) and col.max() > 0:
                 pos = 1 + int(np.argmax(col))  # first position of the peak
                 lo, hi = max(1, pos - WINDOW[0]), min(len(col) + 1, pos + WINDOW[1] + 1)
-                peaks.append((-col.max(), int(hc.prompt_index[p]), pos, lo,
-                              list(store.tokens(p)[lo:hi]), list(dense[offs[p] + lo : offs[p] + hi, j])))  # fmt: skip
+                peaks.append(
+                    (
+                        -col.max(),
+                        int(hc.prompt_index[p]),
+                        pos,
+                        lo,
+                        list(store.tokens(p)[lo:hi]),
+                        list(dense[offs[p] + lo : offs[p] + hi, j]),
+                    )
+                )
         vals = np.array(vals)
-        res = {"n_fire": len(vals), "top": sorted(peaks)[:TOP],
-               "group_means": {g: sums[g] / counts[g] for g in counts}}  # fmt: skip
+        res = {
+            "n_fire": len(vals),
+            "top": sorted(peaks)[:TOP],
+            "group_means": {g: sums[g] / counts[g] for g in counts},
+        }
         if len(vals):
             hi_edge = 2.0 ** np.frexp(vals.max())[1]
             edges = np.linspace(0, hi_edge, 65)
@@ -87,8 +98,9 @@ def run_copy(small_run, tmp_path) -> Path:  # noqa: F811
 
 def test_cards_equal_brute_force_over_dense_codes(run_copy, smol):
     feats = _features(run_copy)
-    cards = feature_card(run_copy, "resid_post.7", feats, top=TOP, window=WINDOW, lm=smol,
-                         quiet=True)  # fmt: skip
+    cards = feature_card(
+        run_copy, "resid_post.7", feats, top=TOP, window=WINDOW, lm=smol, quiet=True
+    )
     ref = brute_force(run_copy, feats)
     assert [c.feature for c in cards] == feats
     assert sum(len(r["top"]) == TOP and len(r["quantile"]) > 1 for r in ref.values()) >= 2
@@ -143,8 +155,9 @@ def test_logit_lens_equals_numpy(smol):
     for i in range(3):
         assert got[i]["promoted_ids"] == np.argsort(-logits[i])[:10].tolist()
         assert got[i]["suppressed_ids"] == np.argsort(logits[i])[:10].tolist()
-        np.testing.assert_allclose(got[i]["promoted_logits"], np.sort(logits[i])[::-1][:10],
-                                   rtol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            got[i]["promoted_logits"], np.sort(logits[i])[::-1][:10], rtol=1e-4
+        )
     with pytest.raises(SaelabError, match="width"):
         logit_lens(smol, torch.zeros(1, 100))
 
@@ -154,8 +167,11 @@ def test_prompts_through_the_model_give_the_runs_contexts(run_copy, smol, tmp_pa
     codes (float32 both ways; batching changes values by ~1e-5 only)."""
     t = pq.read_table(run_copy / "prompts.parquet").to_pylist()
     pf = tmp_path / "p.jsonl"
-    pf.write_text("".join(json.dumps({"id": r["id"], "text": r["text"], "group": r["group"]})
-                          + "\n" for r in t))  # fmt: skip
+    pf.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "text": r["text"], "group": r["group"]}) + "\n" for r in t
+        )
+    )
     feats = _features(run_copy)[:2]
     a = feature_card(run_copy, HOOK, feats, top=5, lm=smol, quiet=True)
     b = feature_card(run_copy, HOOK, feats, top=5, prompts=str(pf), lm=smol, quiet=True)
@@ -170,11 +186,16 @@ def test_prompts_through_the_model_give_the_runs_contexts(run_copy, smol, tmp_pa
 
 def test_corpus_windows_and_stored_cards(run_copy, smol, tmp_path):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(f"Paragraph {i}: the weather in town was calm and the"
-                                  " committee met again." for i in range(40)))  # fmt: skip
+    corpus.write_text(
+        "\n\n".join(
+            f"Paragraph {i}: the weather in town was calm and the committee met again."
+            for i in range(40)
+        )
+    )
     feats = _features(run_copy)[:2]
-    cards = inspect_features(run_copy, HOOK, feats, top=3, corpus=str(corpus), context=16,
-                             lm=smol, quiet=True)  # fmt: skip
+    cards = inspect_features(
+        run_copy, HOOK, feats, top=3, corpus=str(corpus), context=16, lm=smol, quiet=True
+    )
     c = cards[0]
     assert c.source == f"corpus:{corpus}" and c.n_tokens == c.n_prompts * 15  # BOS left out
     for x in c.contexts:
@@ -218,20 +239,64 @@ def test_accumulator_rules_on_a_handmade_block():
     from saelab.inspect.accumulate import FeatureAccumulator, TokenBlock
 
     # 3 prompts of 3 tokens; column 0 = feature 5, column 1 = feature 9 (never fires)
-    dense = np.array([[9.0, 0], [2, 0], [2, 0],  # BOS 9 ignored; tie at 2: position 1 wins
-                      [0, 0], [2, 0], [1, 0],
-                      [0, 0], [0, 0], [3, 0]])  # fmt: skip
-    block = TokenBlock(codes=sp.csr_matrix(dense), offsets=np.array([0, 3, 6, 9]),
-                       prompt=np.array([10, 11, 12]), token_ids=np.arange(9), skip_first=True,
-                       groups=["a", None, "b"])  # fmt: skip
+    dense = np.array(
+        [
+            [9.0, 0],
+            [2, 0],
+            [2, 0],  # BOS 9 ignored; tie at 2: position 1 wins
+            [0, 0],
+            [2, 0],
+            [1, 0],
+            [0, 0],
+            [0, 0],
+            [3, 0],
+        ]
+    )
+    block = TokenBlock(
+        codes=sp.csr_matrix(dense),
+        offsets=np.array([0, 3, 6, 9]),
+        prompt=np.array([10, 11, 12]),
+        token_ids=np.arange(9),
+        skip_first=True,
+        groups=["a", None, "b"],
+    )
     acc = FeatureAccumulator([5, 9], top=3, window=(1, 1), n_sample=8)
     acc.add(block)
     five, nine = acc.results()
     assert five["n_tokens"] == 6 and five["n_fire"] == 5 and five["max_value"] == 3
     tops = [c for c in five["contexts"] if c.kind == "top"]
-    assert [(c.prompt, c.position, c.value) for c in tops] == [(12, 2, 3.0), (10, 1, 2.0),
-                                                              (11, 1, 2.0)]  # fmt: skip
+    assert [(c.prompt, c.position, c.value) for c in tops] == [
+        (12, 2, 3.0),
+        (10, 1, 2.0),
+        (11, 1, 2.0),
+    ]
     assert tops[1].start == 1 and tops[1].token_ids == [1, 2] and tops[1].acts == [2.0, 2.0]
     assert five["group_means"] == {"a": 2.0, "b": 3.0}
     assert nine["n_fire"] == 0 and nine["contexts"] == [] and nine["hist_counts"] == []
     assert nine["group_means"] == {"a": 0.0, "b": 0.0}
+
+
+def test_a_pretrained_format_sae_gives_the_same_cards(run_copy, smol, tmp_path):
+    """The run's SAE rewritten in Gemma Scope's layout (params.npz), loaded by saelab.sae's
+    importer, finds the same contexts on the same prompts as the stored codes."""
+    from saelab.sae import load
+    from tests.test_sae_formats import rewrite
+
+    enc = json.loads((run_copy / "codes" / HOOK / "meta.json").read_text())["sae"]
+    native = load(enc)
+    gemma = rewrite("gemma_scope", native, tmp_path / "gs")
+    assert (gemma / "params.npz").is_file()
+    t = pq.read_table(run_copy / "prompts.parquet").to_pylist()
+    pf = tmp_path / "p.jsonl"
+    pf.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in t))
+    feats = _features(run_copy)[:2]
+    a = feature_card(run_copy, HOOK, feats, top=5, lm=smol, quiet=True)
+    b = feature_card(
+        run_copy, HOOK, feats, top=5, prompts=str(pf), sae=str(gemma), lm=smol, quiet=True
+    )
+    for x, y in zip(a, b, strict=True):
+        assert y.sae == str(gemma) and y.group_means == {}
+        tx = [(c["prompt_id"], c["position"]) for c in x.contexts if c["kind"] == "top"]
+        ty = [(c["prompt_id"], c["position"]) for c in y.contexts if c["kind"] == "top"]
+        assert tx == ty
+        assert y.lens["promoted_ids"] == x.lens["promoted_ids"]

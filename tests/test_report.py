@@ -85,12 +85,13 @@ def test_a_run_with_stages_missing_shows_what_exists(smol, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["One.", "Two words."]))
     run = tmp_path / "partial"
-    run_extract(ExtractOptions(prompts=str(prompts), hooks="resid_post.2", run=str(run),
-                               quiet=True), lm=smol)  # fmt: skip
+    run_extract(
+        ExtractOptions(prompts=str(prompts), hooks="resid_post.2", run=str(run), quiet=True),
+        lm=smol,
+    )
     path = build_report(run)
     html = path.read_text()
-    for cmd in ("saelab train --run", "saelab encode --saes", "saelab contrast",
-                "saelab inspect"):  # fmt: skip
+    for cmd in ("saelab train --run", "saelab encode --saes", "saelab contrast", "saelab inspect"):
         assert cmd in html
     assert "No contrast yet" in html and "No SAE in this run yet" in html
     with open_report(path) as rep:

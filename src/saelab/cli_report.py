@@ -36,15 +36,27 @@ def inspect(
     contrast and patch effects; stored in RUN/inspect/HOOK for the report."""
     from saelab.inspect import inspect_features, print_cards
 
-    cards = inspect_features(run, hook, features, top=top, corpus=corpus, prompts=prompts,
-                             quiet=quiet, context=context, max_tokens=max_tokens, sae=sae)  # fmt: skip
+    cards = inspect_features(
+        run,
+        hook,
+        features,
+        top=top,
+        corpus=corpus,
+        prompts=prompts,
+        quiet=quiet,
+        context=context,
+        max_tokens=max_tokens,
+        sae=sae,
+    )
     print_cards(cards)
 
 
 @app.command()
 def report(
     run: Annotated[str, typer.Argument(help="run folder")],
-    out: Annotated[str | None, typer.Option(help="output file (default RUN/report/index.html)")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="output file (default RUN/report/index.html)")
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """One self-contained HTML page of the run (opens from disk, no network)."""

@@ -31,10 +31,33 @@ FORMAT = "saelab.stats"
 VERSION = 1
 FORMATS = ("json", "npz")
 COLUMNS = (
-    "hook", "layer", "feature", "n_a", "n_b", "active_a", "active_b", "mean_a", "mean_b",
-    "sd_a", "sd_b", "t", "df", "p_t", "log10_p_t", "cohen_d", "hedges_g", "u", "p_u", "auc",
-    "p_rate", "q", "q_hook", "q_u", "q_rate", "significant",
-)  # fmt: skip
+    "hook",
+    "layer",
+    "feature",
+    "n_a",
+    "n_b",
+    "active_a",
+    "active_b",
+    "mean_a",
+    "mean_b",
+    "sd_a",
+    "sd_b",
+    "t",
+    "df",
+    "p_t",
+    "log10_p_t",
+    "cohen_d",
+    "hedges_g",
+    "u",
+    "p_u",
+    "auc",
+    "p_rate",
+    "q",
+    "q_hook",
+    "q_u",
+    "q_rate",
+    "significant",
+)
 LAYER_KEYS = ("hook", "layer", "n_features", "n_tested", "n_a", "n_b", "n_significant")
 
 
@@ -54,7 +77,8 @@ def _contrast(run: Path, source: str) -> Any:
     if "source" in t:
         if source not in set(t["source"]):
             raise SaelabError(
-                f"{run}'s contrast has no {source!r} rows (it has {', '.join(sorted(set(t['source'])))})"  # noqa: E501
+                f"{run}'s contrast has no {source!r} rows (it has"
+                f" {', '.join(sorted(set(t['source'])))})"
             )
         t = t[t["source"] == source]
     return t
@@ -81,14 +105,18 @@ def collect_stats(
         h = t[t["hook"] == hook]
         tested = h[h["tested"].astype(bool)]
         sig = tested[tested["significant"].astype(bool)].sort_values(["q", "feature"])
-        layers.append({
-            "hook": hook, "layer": hook_layer(hook), "n_features": int(len(h)),
-            "n_tested": int(len(tested)),
-            "n_a": int(h["n_a"].iloc[0]) if len(h) else 0,
-            "n_b": int(h["n_b"].iloc[0]) if len(h) else 0,
-            "n_significant": int(len(sig)),
-            "significant_features": [int(f) for f in sig["feature"]],
-        })  # fmt: skip
+        layers.append(
+            {
+                "hook": hook,
+                "layer": hook_layer(hook),
+                "n_features": int(len(h)),
+                "n_tested": int(len(tested)),
+                "n_a": int(h["n_a"].iloc[0]) if len(h) else 0,
+                "n_b": int(h["n_b"].iloc[0]) if len(h) else 0,
+                "n_significant": int(len(sig)),
+                "significant_features": [int(f) for f in sig["feature"]],
+            }
+        )
     rows = t[t["tested"].astype(bool)]
     if significant_only:
         rows = rows[rows["significant"].astype(bool)]
@@ -101,8 +129,12 @@ def collect_stats(
         "version": VERSION,
         "run": str(run),
         "source": source,
-        "groups": {"a": s.get("group_a"), "b": s.get("group_b"),
-                   "n_a": groups.get(s.get("group_a")), "n_b": groups.get(s.get("group_b"))},  # fmt: skip
+        "groups": {
+            "a": s.get("group_a"),
+            "b": s.get("group_b"),
+            "n_a": groups.get(s.get("group_a")),
+            "n_b": groups.get(s.get("group_b")),
+        },
         "alpha": s.get("alpha"),
         "pool": s.get("pool"),
         "min_active": s.get("min_active"),
@@ -182,9 +214,13 @@ def read_stats(path: str | Path) -> dict[str, Any]:
         sig = z["layers/significant_features"]
         n = len(z["layers/hook"])
         d["layers"] = [
-            {**{k: (str(z[f"layers/{k}"][i]) if k == "hook" else int(z[f"layers/{k}"][i]))
-                for k in LAYER_KEYS},
-             "significant_features": [int(f) for f in sig[offs[i]:offs[i + 1]]]}
+            {
+                **{
+                    k: (str(z[f"layers/{k}"][i]) if k == "hook" else int(z[f"layers/{k}"][i]))
+                    for k in LAYER_KEYS
+                },
+                "significant_features": [int(f) for f in sig[offs[i] : offs[i + 1]]],
+            }
             for i in range(n)
-        ]  # fmt: skip
+        ]
     return d

@@ -205,8 +205,12 @@ class FeatureAccumulator:
         peak = np.maximum.reduceat(vals, starts)
         # the first row of each prompt holding its peak
         is_peak = vals == np.repeat(peak, np.diff(np.r_[starts, len(vals)]))
-        peak_row = np.array([rows[s + int(np.argmax(is_peak[s:e]))]
-                             for s, e in zip(starts, np.r_[starts[1:], len(vals)], strict=True)])  # fmt: skip
+        peak_row = np.array(
+            [
+                rows[s + int(np.argmax(is_peak[s:e]))]
+                for s, e in zip(starts, np.r_[starts[1:], len(vals)], strict=True)
+            ]
+        )
         st.n_prompts_fire += len(prompts)
         if labels is not None:
             pooled = self._pooled(vals, starts, prompts, rows, offs, kept, peak)
@@ -217,7 +221,9 @@ class FeatureAccumulator:
         # top-N by (value desc, global prompt asc) over kept and new candidates
         if self.top_n > 0:
             cand = [(-c.value, c.prompt, -1) for c in st.top]
-            cand += [(-float(v), int(g), k) for k, (v, g) in enumerate(zip(peak, gprompt, strict=True))]
+            cand += [
+                (-float(v), int(g), k) for k, (v, g) in enumerate(zip(peak, gprompt, strict=True))
+            ]
             cand.sort()
             old = {c.prompt: c for c in st.top}
             new_top = []
@@ -225,8 +231,20 @@ class FeatureAccumulator:
                 if k < 0:
                     new_top.append(old[g])
                 else:
-                    new_top.append(self._context("top", b, rows, vals, int(prompts[k]), g,
-                                                 int(peak_row[k]), -neg, offs, first))  # fmt: skip
+                    new_top.append(
+                        self._context(
+                            "top",
+                            b,
+                            rows,
+                            vals,
+                            int(prompts[k]),
+                            g,
+                            int(peak_row[k]),
+                            -neg,
+                            offs,
+                            first,
+                        )
+                    )
             st.top = new_top
         if self.n_sample > 0:
             keys = sample_key(gprompt, f)
@@ -238,8 +256,18 @@ class FeatureAccumulator:
                 if i < 0:
                     new_s.append(olds[key])
                 else:
-                    c = self._context("quantile", b, rows, vals, int(prompts[i]), int(gprompt[i]),
-                                      int(peak_row[i]), float(peak[i]), offs, first)  # fmt: skip
+                    c = self._context(
+                        "quantile",
+                        b,
+                        rows,
+                        vals,
+                        int(prompts[i]),
+                        int(gprompt[i]),
+                        int(peak_row[i]),
+                        float(peak[i]),
+                        offs,
+                        first,
+                    )
                     c.key = key
                     new_s.append(c)
             st.sample = new_s

@@ -197,15 +197,29 @@ def _text_blocks(
     if prompts:
         table = read_prompts(prompts)
         tok = tokenize_prompts(lm.tokenizer, table.texts)
-        blocks = model_blocks(lm, hp, sae, tok.ids, feats, skip_first=tok.bos_id is not None,
-                              groups=table.groups, batch_size=batch_size)  # fmt: skip
+        blocks = model_blocks(
+            lm,
+            hp,
+            sae,
+            tok.ids,
+            feats,
+            skip_first=tok.bos_id is not None,
+            groups=table.groups,
+            batch_size=batch_size,
+        )
         return f"prompts:{prompts}", list(table.ids), blocks, len(tok.ids)
-    windows = pack_windows(iter_texts(str(corpus)), lm.tokenizer, context=context,
-                           max_tokens=max_tokens, source=str(corpus))  # fmt: skip
+    windows = pack_windows(
+        iter_texts(str(corpus)),
+        lm.tokenizer,
+        context=context,
+        max_tokens=max_tokens,
+        source=str(corpus),
+    )
     lists = [list(map(int, w)) for w in windows.windows]
     ids = [f"window {i}" for i in range(len(lists))]
-    blocks = model_blocks(lm, hp, sae, lists, feats, skip_first=windows.bos_id is not None,
-                          batch_size=batch_size)  # fmt: skip
+    blocks = model_blocks(
+        lm, hp, sae, lists, feats, skip_first=windows.bos_id is not None, batch_size=batch_size
+    )
     return f"corpus:{corpus}", ids, blocks, len(lists)
 
 

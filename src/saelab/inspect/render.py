@@ -28,8 +28,9 @@ def inspect_features(
 ) -> list[FeatureCard]:
     """Compute the cards of `features` at `hook` (see `feature_card` for `options`), store
     them under RUN/inspect/HOOK/, and return them."""
-    cards = feature_card(run, hook, features, top=top, corpus=corpus, prompts=prompts,
-                         quiet=quiet, **options)  # fmt: skip
+    cards = feature_card(
+        run, hook, features, top=top, corpus=corpus, prompts=prompts, quiet=quiet, **options
+    )
     paths = save_cards(run, cards)
     if paths:
         say(f"cards stored in {paths[0].parent}", quiet)
@@ -69,8 +70,11 @@ def print_cards(cards: list[FeatureCard], contexts: int = 8) -> None:
             )
         for p in c.patch:
             if p.get("group") == "all":
-                extra = f", delta logp diff {p['delta_logp_diff']:+.3g}" if p.get(
-                    "delta_logp_diff") is not None else ""  # fmt: skip
+                extra = (
+                    f", delta logp diff {p['delta_logp_diff']:+.3g}"
+                    if p.get("delta_logp_diff") is not None
+                    else ""
+                )
                 out.print(f"  patch {p['edit']}: mean KL {p.get('mean_kl') or 0:.3g}{extra}")
         if c.lens.get("promoted"):
             out.print("  promotes: " + " ".join(repr(t) for t in c.lens["promoted"][:8]))

@@ -82,11 +82,13 @@ def open_report(
             page.on("pageerror", lambda e: rep.console.append(("pageerror", str(e))))
             page.on("requestfailed", lambda r: rep.failed_requests.append(r.url))
             page.on("request", lambda r: rep.requests.append(r.url))
-            page.goto(Path(path).resolve().as_uri(), timeout=timeout_ms,
-                      wait_until="load" if wait_ready else "commit")  # fmt: skip
+            page.goto(
+                Path(path).resolve().as_uri(),
+                timeout=timeout_ms,
+                wait_until="load" if wait_ready else "commit",
+            )
             if wait_ready:
-                page.wait_for_selector("body[data-ready='1']", timeout=timeout_ms,
-                                       state="attached")  # fmt: skip
+                page.wait_for_selector("body[data-ready='1']", timeout=timeout_ms, state="attached")
             yield rep
         finally:
             browser.close()

@@ -88,8 +88,9 @@ def column_json(values: np.ndarray) -> str:
         s = np.char.mod("%.5g", v.astype(np.float64))
         s = np.where(np.isfinite(v), s, "null")
         return "[" + ",".join(s) + "]"
-    levels, index = np.unique(np.asarray(["" if x is None else str(x) for x in v.tolist()]),
-                              return_inverse=True)  # fmt: skip
+    levels, index = np.unique(
+        np.asarray(["" if x is None else str(x) for x in v.tolist()]), return_inverse=True
+    )
     return '{"levels":' + json.dumps(levels.tolist()) + ',"index":' + column_json(index) + "}"
 
 
@@ -119,8 +120,12 @@ def build_report(run_path: str | Path, out: str | Path | None = None) -> Path:
     saes = collect.sae_quality(run)
     for i, s in enumerate(saes):
         if s.get("density_histogram"):
-            blocks.append((f"json-fig-density-{i}",
-                           figures.to_json(figures.density_histogram(s["hook"], s["density_histogram"]))))  # fmt: skip
+            blocks.append(
+                (
+                    f"json-fig-density-{i}",
+                    figures.to_json(figures.density_histogram(s["hook"], s["density_histogram"])),
+                )
+            )
             fig_ids.append(f"json-fig-density-{i}")
     contrast_info = None
     if con is not None:
@@ -137,8 +142,17 @@ def build_report(run_path: str | Path, out: str | Path | None = None) -> Path:
         "contrast": contrast_info,
         "cards": cards,
     }
-    page = _page(run, stages, collect.missing_stages(run, present), saes, con, patch,
-                 collect.traces(run), data, blocks)  # fmt: skip
+    page = _page(
+        run,
+        stages,
+        collect.missing_stages(run, present),
+        saes,
+        con,
+        patch,
+        collect.traces(run),
+        data,
+        blocks,
+    )
     path = Path(out) if out else run / REPORT_DIR / "index.html"
     atomic_write_text(path, page)
     return path
@@ -153,9 +167,12 @@ def _contrast_blocks(con: dict[str, Any], blocks: list[tuple[str, str]]) -> dict
     for i, (source, hook) in enumerate(pairs):
         mask = (cols["source"] == source) & (cols["hook"] == hook)
         title = f"{hook} ({source})"
-        blocks.append((f"json-volcano-{i}", figures.to_json(figures.volcano(cols, mask, title, alpha))))  # fmt: skip
-        volcanoes.append({"id": f"json-volcano-{i}", "title": title, "hook": hook,
-                          "source": source})  # fmt: skip
+        blocks.append(
+            (f"json-volcano-{i}", figures.to_json(figures.volcano(cols, mask, title, alpha)))
+        )
+        volcanoes.append(
+            {"id": f"json-volcano-{i}", "title": title, "hook": hook, "source": source}
+        )
     blocks.append(("table-data", _table_json(cols)))
     groups = summ.get("groups", {})
     a, b = summ.get("group_a", "A"), summ.get("group_b", "B")
@@ -171,14 +188,17 @@ def _contrast_blocks(con: dict[str, Any], blocks: list[tuple[str, str]]) -> dict
 
 def _contrast_html(con: dict[str, Any] | None, info: dict[str, Any] | None) -> str:
     if con is None or info is None:
-        return '<p class="empty">No contrast yet: <code>saelab contrast RUN --groups A,B</code>.</p>'
+        return (
+            '<p class="empty">No contrast yet: <code>saelab contrast RUN --groups A,B</code>.</p>'
+        )
     lines = []
     for source, s in con["summaries"].items():
         n = s.get("groups", {})
         a, b = s.get("group_a"), s.get("group_b")
         per = "; ".join(
             f"{escape(h)}: {v['tested']:,} of {v['features']:,} tested,"
-            f" {v['significant']:,} significant" for h, v in s.get("hooks", {}).items()
+            f" {v['significant']:,} significant"
+            for h, v in s.get("hooks", {}).items()
         )
         lines.append(
             f"<p><b>{escape(str(a))}</b> ({n.get(a)}) vs <b>{escape(str(b))}</b> ({n.get(b)}),"
@@ -200,23 +220,39 @@ def _contrast_html(con: dict[str, Any] | None, info: dict[str, Any] | None) -> s
     )
 
 
-def _page(run: Path, stages: list, missing: list, saes: list, con: Any, patch: Any, traces: Any,
-          data: dict[str, Any], blocks: list[tuple[str, str]]) -> str:  # fmt: skip
+def _page(
+    run: Path,
+    stages: list,
+    missing: list,
+    saes: list,
+    con: Any,
+    patch: Any,
+    traces: Any,
+    data: dict[str, Any],
+    blocks: list[tuple[str, str]],
+) -> str:
     dt_b64, dt_css = datatables_bundle() if con is not None else ("", "")
     css = (STATIC / "style.css").read_text(encoding="utf-8")
     app = (STATIC / "app.js").read_text(encoding="utf-8")
-    nav = ["overview", "config", "quality", "contrast"] + (["patch"] if patch else []) + (
-        ["traces"] if traces else [])  # fmt: skip
+    nav = (
+        ["overview", "config", "quality", "contrast"]
+        + (["patch"] if patch else [])
+        + (["traces"] if traces else [])
+    )
     sec = {
         "overview": ("Stages: plan beside measured", sections.stages_html(stages, missing)),
-        "config": ("Configuration (run.toml)",
-                   f'<pre class="config">{escape(collect.config_text(run)) or "(none)"}</pre>'),
+        "config": (
+            "Configuration (run.toml)",
+            f'<pre class="config">{escape(collect.config_text(run)) or "(none)"}</pre>',
+        ),
         "quality": ("SAE quality per hook", sections.quality_html(saes)),
         "contrast": ("Contrast", _contrast_html(con, data["contrast"])),
-        "patch": ("Patch effects", '<div id="fig-patch" class="fig"></div>'
-                  + sections.patch_html(patch)),
+        "patch": (
+            "Patch effects",
+            '<div id="fig-patch" class="fig"></div>' + sections.patch_html(patch),
+        ),
         "traces": ("Generation traces", sections.traces_html(traces)),
-    }  # fmt: skip
+    }
     body = "".join(
         f'<section id="{k}"><h2>{escape(sec[k][0])}</h2>{sec[k][1]}</section>' for k in nav
     )
@@ -235,5 +271,5 @@ def _page(run: Path, stages: list, missing: list, saes: list, con: Any, patch: A
         f'<main>{body}</main><aside id="card" hidden></aside>'
         f'<script type="application/json" id="report-data">{data_json}</script>{scripts}'
         + (f'<script type="text/plain" id="dt-bundle">{dt_b64}</script>' if dt_b64 else "")
-        + f"<script>{plotly_js()}</script><script type=\"module\">{app}</script></body></html>"
+        + f'<script>{plotly_js()}</script><script type="module">{app}</script></body></html>'
     )

@@ -30,9 +30,21 @@ COMMANDS = {
     "inspect": "saelab inspect {run} --hook HOOK --features 12,845",
 }
 TABLE_COLUMNS = (
-    "source", "hook", "feature", "tested", "active_a", "active_b", "mean_a", "mean_b",
-    "cohen_d", "auc", "log10_p_t", "q", "q_hook", "significant",
-)  # fmt: skip
+    "source",
+    "hook",
+    "feature",
+    "tested",
+    "active_a",
+    "active_b",
+    "mean_a",
+    "mean_b",
+    "cohen_d",
+    "auc",
+    "log10_p_t",
+    "q",
+    "q_hook",
+    "significant",
+)
 
 
 def _finite(v: Any) -> Any:
@@ -114,8 +126,15 @@ def sae_quality(run: Path) -> list[dict[str, Any]]:
         }
     for hook, u in rf.done_units("encode").items():
         row = out.setdefault(hook, {"hook": hook, "origin": "pretrained", "warnings": []})
-        row.update({"sae": u.get("sae"), "format": u.get("format"), "d_sae": u.get("d_sae"),
-                    "codes_mean_l0": u.get("mean_l0"), "codes_rows": u.get("rows")})  # fmt: skip
+        row.update(
+            {
+                "sae": u.get("sae"),
+                "format": u.get("format"),
+                "d_sae": u.get("d_sae"),
+                "codes_mean_l0": u.get("mean_l0"),
+                "codes_rows": u.get("rows"),
+            }
+        )
     return [out[h] for h in sorted(out)]
 
 
@@ -127,8 +146,9 @@ def contrast(run: Path) -> dict[str, Any] | None:
     import pyarrow.parquet as pq
 
     t = pq.read_table(p)
-    cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in TABLE_COLUMNS
-            if c in t.column_names}  # fmt: skip
+    cols = {
+        c: t.column(c).to_numpy(zero_copy_only=False) for c in TABLE_COLUMNS if c in t.column_names
+    }
     if "source" not in cols:
         cols["source"] = np.full(t.num_rows, "codes", dtype=object)
     summaries = {}
@@ -145,8 +165,13 @@ def patch(run: Path) -> dict[str, Any] | None:
     import pyarrow.parquet as pq
 
     rows = pq.read_table(p).to_pylist()
-    clean = [{k: (_finite(v) if not isinstance(v, list) else [_finite(x) for x in v])
-              for k, v in r.items()} for r in rows]  # fmt: skip
+    clean = [
+        {
+            k: (_finite(v) if not isinstance(v, list) else [_finite(x) for x in v])
+            for k, v in r.items()
+        }
+        for r in rows
+    ]
     n_results = 0
     res = run / "patch" / "results.parquet"
     if res.is_file():

@@ -40,10 +40,20 @@ def density_histogram(hook: str, hist: list[list[Any]]) -> Any:
         else:
             labels.append(f"1e{int(lo)}..1e{int(hi)}")
         counts.append(n)
-    fig = go.Figure(go.Bar(x=labels, y=counts, marker_color="#4a78b5",
-                           hovertemplate="%{x}: %{y} features<extra></extra>"))  # fmt: skip
-    fig.update_layout(title=f"feature density, {hook}", xaxis_title="fraction of tokens firing",
-                      yaxis_title="features", **{**_LAYOUT, "height": 300})  # fmt: skip
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=counts,
+            marker_color="#4a78b5",
+            hovertemplate="%{x}: %{y} features<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"feature density, {hook}",
+        xaxis_title="fraction of tokens firing",
+        yaxis_title="features",
+        **{**_LAYOUT, "height": 300},
+    )
     return fig
 
 
@@ -59,8 +69,10 @@ def volcano(cols: dict[str, np.ndarray], mask: np.ndarray, title: str, alpha: fl
     sig = cols["significant"][tested].astype(bool)
     scatter = go.Scattergl if len(d) > WEBGL_POINTS else go.Scatter
     traces = []
-    for name, sel, color in (("not significant", ~sig, "#9aa5b1"),
-                             (f"q < {alpha:g}", sig, "#d1495b")):  # fmt: skip
+    for name, sel, color in (
+        ("not significant", ~sig, "#9aa5b1"),
+        (f"q < {alpha:g}", sig, "#d1495b"),
+    ):
         traces.append(
             scatter(
                 x=np.round(d[sel], 4),
@@ -75,8 +87,12 @@ def volcano(cols: dict[str, np.ndarray], mask: np.ndarray, title: str, alpha: fl
         )
     fig = go.Figure(traces)
     fig.add_hline(y=-np.log10(alpha), line_dash="dot", line_color="#d1495b", opacity=0.5)
-    fig.update_layout(title=title, xaxis_title="Cohen's d (A - B)",
-                      yaxis_title="-log10 q (BH, run-wide)", **_LAYOUT)  # fmt: skip
+    fig.update_layout(
+        title=title,
+        xaxis_title="Cohen's d (A - B)",
+        yaxis_title="-log10 q (BH, run-wide)",
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -93,17 +109,29 @@ def patch_effects(summary: list[dict[str, Any]]) -> Any | None:
         ci = [s.get("ci95") or [v, v] for s, v in zip(rows, x, strict=True)]
         err_hi = [None if v is None else c[1] - v for v, c in zip(x, ci, strict=True)]
         err_lo = [None if v is None else v - c[0] for v, c in zip(x, ci, strict=True)]
-        trace = go.Scatter(x=x, y=edits, mode="markers", marker=dict(size=9, color="#2b6cb0"),
-                           error_x=dict(type="data", array=err_hi, arrayminus=err_lo),
-                           hovertemplate="%{y}<br>change %{x:.3f}<extra></extra>")  # fmt: skip
+        trace = go.Scatter(
+            x=x,
+            y=edits,
+            mode="markers",
+            marker=dict(size=9, color="#2b6cb0"),
+            error_x=dict(type="data", array=err_hi, arrayminus=err_lo),
+            hovertemplate="%{y}<br>change %{x:.3f}<extra></extra>",
+        )
         xt = "change of the target log-prob difference (95% CI)"
     else:
-        trace = go.Bar(x=[s.get("mean_kl") for s in rows], y=edits, orientation="h",
-                       marker_color="#2b6cb0")  # fmt: skip
+        trace = go.Bar(
+            x=[s.get("mean_kl") for s in rows], y=edits, orientation="h", marker_color="#2b6cb0"
+        )
         xt = "mean KL from the baseline's next-token distribution"
     fig = go.Figure(trace)
-    fig.update_layout(title="patch effects per edit (all prompts)", xaxis_title=xt,
-                      **{**_LAYOUT, "height": max(260, 40 + 28 * len(rows)),
-                         "margin": dict(l=260, r=20, t=40, b=50)})  # fmt: skip
+    fig.update_layout(
+        title="patch effects per edit (all prompts)",
+        xaxis_title=xt,
+        **{
+            **_LAYOUT,
+            "height": max(260, 40 + 28 * len(rows)),
+            "margin": dict(l=260, r=20, t=40, b=50),
+        },
+    )
     fig.update_yaxes(autorange="reversed")
     return fig

@@ -41,13 +41,30 @@ def stages_html(stages: list[dict[str, Any]], missing: list[dict[str, str]]) -> 
     for s in stages:
         p, m = s["planned"], s["measured"]
         state = "complete" if s["complete"] else "incomplete (rerun to resume)"
-        rows.append([
-            f"<b>{escape(s['stage'])}</b>", state, _num(s["units"]),
-            _bytes(p["ram"]), _bytes(m["ram"]), _bytes(p["disk"]), _bytes(m["disk"]),
-            _secs(p["seconds"]), _secs(m["seconds"]),
-        ])  # fmt: skip
-    head = ["stage", "state", "units", "RAM planned", "RAM peak", "disk planned", "disk used",
-            "time planned", "time taken"]  # fmt: skip
+        rows.append(
+            [
+                f"<b>{escape(s['stage'])}</b>",
+                state,
+                _num(s["units"]),
+                _bytes(p["ram"]),
+                _bytes(m["ram"]),
+                _bytes(p["disk"]),
+                _bytes(m["disk"]),
+                _secs(p["seconds"]),
+                _secs(m["seconds"]),
+            ]
+        )
+    head = [
+        "stage",
+        "state",
+        "units",
+        "RAM planned",
+        "RAM peak",
+        "disk planned",
+        "disk used",
+        "time planned",
+        "time taken",
+    ]
     out = table(head, rows) if rows else "<p>The run has no recorded stage yet.</p>"
     return out + missing_html(missing)
 
@@ -59,7 +76,8 @@ def missing_html(missing: list[dict[str, str]]) -> str:
         f"<li><b>{escape(m['stage'])}</b>: <code>{escape(m['command'])}</code></li>"
         for m in missing
     )
-    return f'<div class="missing"><p>Not in this run yet, and the command that makes it:</p><ul>{items}</ul></div>'  # noqa: E501
+    intro = "<p>Not in this run yet, and the command that makes it:</p>"
+    return f'<div class="missing">{intro}<ul>{items}</ul></div>'
 
 
 def quality_html(saes: list[dict[str, Any]]) -> str:
@@ -70,23 +88,52 @@ def quality_html(saes: list[dict[str, Any]]) -> str:
     for i, s in enumerate(saes):
         warn = "".join(f'<div class="warning">WARNING: {escape(w)}</div>' for w in s["warnings"])
         if s.get("origin") == "trained":
-            rows = [[
-                _num(s.get("architecture")), _num(s.get("d_sae")), _num(s.get("k")),
-                _num(s.get("train_tokens")), _num(s.get("explained_variance")),
-                _num(s.get("l0"), 4), f"{_num(s.get('dead_features'))}"
-                f" ({100 * (s.get('dead_fraction') or 0):.1f}%)",
-                _num(s.get("dense_features")), _num(s.get("ce_loss_recovered")),
-                _num(s.get("kl_div")), _num(s.get("codes_mean_l0"), 4),
-            ]]  # fmt: skip
-            head = ["arch", "d_sae", "k", "train tokens", "explained variance", "L0",
-                    "dead", "dense", "CE loss recovered", "KL", "L0 on the run's prompts"]  # fmt: skip
+            rows = [
+                [
+                    _num(s.get("architecture")),
+                    _num(s.get("d_sae")),
+                    _num(s.get("k")),
+                    _num(s.get("train_tokens")),
+                    _num(s.get("explained_variance")),
+                    _num(s.get("l0"), 4),
+                    f"{_num(s.get('dead_features'))} ({100 * (s.get('dead_fraction') or 0):.1f}%)",
+                    _num(s.get("dense_features")),
+                    _num(s.get("ce_loss_recovered")),
+                    _num(s.get("kl_div")),
+                    _num(s.get("codes_mean_l0"), 4),
+                ]
+            ]
+            head = [
+                "arch",
+                "d_sae",
+                "k",
+                "train tokens",
+                "explained variance",
+                "L0",
+                "dead",
+                "dense",
+                "CE loss recovered",
+                "KL",
+                "L0 on the run's prompts",
+            ]
         else:
-            rows = [[_num(s.get("sae")), _num(s.get("format")), _num(s.get("d_sae")),
-                     _num(s.get("codes_rows")), _num(s.get("codes_mean_l0"), 4)]]  # fmt: skip
-            head = ["pretrained SAE", "format", "d_sae", "token rows encoded",
-                    "mean L0 on the run's prompts"]  # fmt: skip
-        fig = (f'<div class="fig" id="fig-density-{i}"></div>'
-               if s.get("density_histogram") else "")  # fmt: skip
+            rows = [
+                [
+                    _num(s.get("sae")),
+                    _num(s.get("format")),
+                    _num(s.get("d_sae")),
+                    _num(s.get("codes_rows")),
+                    _num(s.get("codes_mean_l0"), 4),
+                ]
+            ]
+            head = [
+                "pretrained SAE",
+                "format",
+                "d_sae",
+                "token rows encoded",
+                "mean L0 on the run's prompts",
+            ]
+        fig = f'<div class="fig" id="fig-density-{i}"></div>' if s.get("density_histogram") else ""
         parts.append(f"<h3>{escape(s['hook'])}</h3>{warn}{table(head, rows)}{fig}")
     return "".join(parts)
 
@@ -103,9 +150,13 @@ def patch_html(patch: dict[str, Any] | None) -> str:
     rows = []
     for s in rows_in:
         ci = s.get("ci95")
-        r = [f"<code>{escape(str(s['edit']))}</code>", _num(s.get("n")), _num(s.get("mean_kl")),
-             _num(s.get("delta_logp_diff")),
-             "–" if not ci else f"{_num(ci[0])} to {_num(ci[1])}"]  # fmt: skip
+        r = [
+            f"<code>{escape(str(s['edit']))}</code>",
+            _num(s.get("n")),
+            _num(s.get("mean_kl")),
+            _num(s.get("delta_logp_diff")),
+            "–" if not ci else f"{_num(ci[0])} to {_num(ci[1])}",
+        ]
         for lab in labels:
             rate, base = s.get(f"rate[{lab}]"), s.get(f"baseline_rate[{lab}]")
             p = s.get(f"fisher_p[{lab}]")
@@ -126,9 +177,16 @@ def traces_html(tr: dict[str, Any] | None) -> str:
     per = tr.get("bytes_per_trace", {})
     rows = [
         ["traces", _num(tr.get("n_traces"))],
-        ["answer tokens (mean, min, max)", f"{_num(a.get('mean'))}, {_num(a.get('min'))}, {_num(a.get('max'))}"],  # noqa: E501
+        [
+            "answer tokens (mean, min, max)",
+            f"{_num(a.get('mean'))}, {_num(a.get('min'))}, {_num(a.get('max'))}",
+        ],
         ["prompt tokens (mean)", _num(p.get("mean"))],
-        ["hidden states", f"{hooks} at {escape(str(tr.get('positions')))} positions, {escape(str(tr.get('dtype')))}"],  # noqa: E501
+        [
+            "hidden states",
+            f"{hooks} at {escape(str(tr.get('positions')))} positions,"
+            f" {escape(str(tr.get('dtype')))}",
+        ],
         ["attention maps", ", ".join(escape(str(k)) for k in tr.get("attentions", {})) or "none"],
         ["bytes per trace", ", ".join(f"{escape(k)} {_bytes(v)}" for k, v in per.items())],
         ["on disk", f"{_bytes(tr.get('bytes_on_disk'))} (ratio {_num(tr.get('ratio'))})"],
