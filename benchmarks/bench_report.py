@@ -9,12 +9,14 @@ report without paging or virtualisation would show. The two pages are opened alt
 (A B / B A ...), medians reported. Before PASS, the table must hold every row and the
 "significant only" filter must show exactly the significant rows.
 
-Targets: first paint < 1.5 s, table usable < 5 s, a filter < 0.5 s, and the plain table's
-time to first paint at least 2x ours.
+Targets: first paint < 1.5 s, table usable < 5 s, a filter < 0.5 s, and the table usable at
+least 5x sooner than the plain table finishes loading (a plain table that has not loaded
+within the cap counts as the cap: the ratio is then a lower bound).
 
     .venv/bin/python benchmarks/bench_report.py [--quick] [--json OUT] [--rows N]
 
---quick: 2 rounds instead of 3 (the row count stays 100,000 unless --rows says otherwise).
+--quick: 1 round instead of 3 and the plain table capped at 20 s instead of 60 s (the row
+count stays 100,000 unless --rows says otherwise).
 """
 
 from __future__ import annotations
@@ -251,7 +253,9 @@ def main() -> int:
         page = run / "report" / "index.html"
         size = page.stat().st_size
         base = plain_table(run, root / "plain.html")
-        rounds = 2 if args.quick else 3
+        rounds = 1 if args.quick else 3
+        global BASELINE_CAP_MS
+        BASELINE_CAP_MS = 20_000 if args.quick else BASELINE_CAP_MS
         ours: list[dict[str, Any]] = []
         plain: list[dict[str, Any]] = []
         for r in range(rounds):
@@ -308,18 +312,18 @@ def main() -> int:
             {"what": "redraw a page (ms)", "saelab": med["redraw_ms"], "plain table": None},
         ]
         C.print_table(rows, f"report with {args.rows:,} contrast rows (medians of {rounds} rounds)")
-        # a plain table that never painted within the cap counts as the cap (a lower bound)
-        ratio = (pmed["fcp"] or BASELINE_CAP_MS) / med["fcp"] if med["fcp"] else float("nan")
+        # a plain table that never loaded within the cap counts as the cap (a lower bound)
+        ratio = (pmed["load"] or BASELINE_CAP_MS) / med["ready"] if med["ready"] else float("nan")
         targets = (
-            med["fcp"] < 1500 and med["ready"] < 5000 and med["filter_ms"] < 500 and ratio >= 2
+            med["fcp"] < 1500 and med["ready"] < 5000 and med["filter_ms"] < 500 and ratio >= 5
         )
         verdict = "PASS" if ok and targets else ("FAIL" if ok else "FAIL (wrong rows)")
         print(f"correct: {ok} (rows {args.rows:,}, significant {sig_want:,}, console errors none)")
         line = (
             f"SUMMARY bench_report {verdict}: {args.rows:,} rows, build {C.median(builds):.1f} s,"
             f" {size / 2**20:.1f} MiB, first paint {med['fcp']:.0f} ms (plain table"
-            f" {_ms(pmed['fcp'])} ms, {ratio:.1f}x), table usable {med['ready']:.0f} ms"
-            f" (plain table loaded {_ms(pmed['load'])} ms),"
+            f" {_ms(pmed['fcp'])} ms), table usable {med['ready']:.0f} ms (plain table loaded"
+            f" {_ms(pmed['load'])} ms: {'>= ' if pmed['load'] is None else ''}{ratio:.1f}x),"
             f" filter {med['filter_ms']:.0f} ms"
         )
         print(line)
