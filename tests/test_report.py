@@ -82,15 +82,19 @@ def test_report_opens_offline_and_its_table_opens_cards(reported, tmp_path):
 
 
 def test_a_run_with_stages_missing_shows_what_exists(smol, tmp_path):
+    """Only generation traces: the report shows them and the commands for the rest."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["One.", "Two words."]))
     run = tmp_path / "partial"
     run_extract(
-        ExtractOptions(prompts=str(prompts), hooks="resid_post.2", run=str(run), quiet=True),
+        ExtractOptions(
+            prompts=str(prompts), hooks="resid_post.2", run=str(run), quiet=True, generate=3
+        ),
         lm=smol,
     )
     path = build_report(run)
     html = path.read_text()
+    assert 'id="traces"' in html and "blocks.2.hook_resid_post" in html
     for cmd in ("saelab train --run", "saelab encode --saes", "saelab contrast", "saelab inspect"):
         assert cmd in html
     assert "No contrast yet" in html and "No SAE in this run yet" in html
