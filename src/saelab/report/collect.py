@@ -69,8 +69,8 @@ def stages(run: Path) -> list[dict[str, Any]]:
         units = st.get("units") or {}
         seconds = meas.get("wall_seconds") or st.get("seconds")
         if seconds is None and units:
-            secs = [u.get("seconds") for u in units.values() if isinstance(u, dict)]
-            seconds = sum(s for s in secs if isinstance(s, (int, float))) or None
+            secs = [_unit_seconds(u) for u in units.values() if isinstance(u, dict)]
+            seconds = sum(s for s in secs if s is not None) or None
         out.append(
             {
                 "stage": name,
@@ -92,6 +92,18 @@ def stages(run: Path) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _unit_seconds(u: dict[str, Any]) -> float | None:
+    """A unit's time: its own `seconds`, or a trained SAE's last progress time plus its
+    final evaluation."""
+    if isinstance(u.get("seconds"), (int, float)):
+        return float(u["seconds"])
+    hist = u.get("history") or []
+    last = hist[-1].get("seconds") if hist and isinstance(hist[-1], dict) else None
+    if not isinstance(last, (int, float)):
+        return None
+    return float(last) + float((u.get("metrics") or {}).get("seconds_eval") or 0.0)
 
 
 def missing_stages(run: Path, present: set[str]) -> list[dict[str, str]]:

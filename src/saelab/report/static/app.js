@@ -168,10 +168,13 @@ function setupTable(DataTable) {
     { data: colIndex.feature, title: "feature", type: "num",
       render: { display: (v, _t, r) => `${v}${hasCard(r) ? ' <span class="has-card" title="card stored">●</span>' : ""}` } },
     num("active_a"), num("active_b"), num("mean_a"), num("mean_b"), num("cohen_d"), num("auc"),
+    // untested features (no p or q) sort after every tested one
     { data: colIndex.log10_p_t, title: "p", type: "num", searchable: false,
-      render: { display: (v) => pValue(v === null ? null : Math.pow(10, v), v) } },
-    { data: colIndex.q, title: "q", type: "num", searchable: false, render: { display: (v) => fmt(v, 2) } },
-    { data: colIndex.q_hook, title: "q (hook)", type: "num", searchable: false, render: { display: (v) => fmt(v, 2) } },
+      render: { display: (v) => pValue(v === null ? null : Math.pow(10, v), v), sort: (v) => v ?? Infinity } },
+    { data: colIndex.q, title: "q", type: "num", searchable: false,
+      render: { display: (v) => fmt(v, 2), sort: (v) => v ?? Infinity } },
+    { data: colIndex.q_hook, title: "q (hook)", type: "num", searchable: false,
+      render: { display: (v) => fmt(v, 2), sort: (v) => v ?? Infinity } },
     { data: colIndex.significant, title: "sig.", type: "string", searchable: false,
       render: { display: (v) => (v ? "✔" : "") } },
   ];
