@@ -38,7 +38,8 @@ def inspect_features(
 
 
 def shade(tokens: list[str], acts: list[float], peak: float, mark: int | None = None) -> Text:
-    """Tokens as one line, each on a background as strong as its activation / peak."""
+    """Tokens as one line, each on a background as strong as its activation / peak; the peak
+    token also between » « so it shows where colours do not (logs, pipes)."""
     out = Text()
     for i, (tok, a) in enumerate(zip(tokens, acts, strict=True)):
         level = 0.0 if peak <= 0 else max(0.0, min(1.0, a / peak))
@@ -46,7 +47,10 @@ def shade(tokens: list[str], acts: list[float], peak: float, mark: int | None = 
         style = f"black on rgb(255,{g},{int(255 - 230 * level)})" if level > 0 else ""
         if mark is not None and i == mark:
             style += " bold underline"
-        out.append(tok.replace("\n", "\u21b5"), style=style.strip() or None)
+        text = tok.replace("\n", "\u21b5")
+        if mark is not None and i == mark:
+            text = f"\u00bb{text}\u00ab"
+        out.append(text, style=style.strip() or None)
     return out
 
 
