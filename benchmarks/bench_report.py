@@ -225,8 +225,8 @@ def baseline_times(page: Any) -> dict[str, Any]:
     return out
 
 
-def _ms(v: float | None) -> str:
-    return f"> {BASELINE_CAP_MS / 1000:.0f} s" if v is None else f"{v:.0f}"
+def _ms(v: float | None, unit: str = "") -> str:
+    return f"> {BASELINE_CAP_MS / 1000:.0f} s" if v is None else f"{v:.0f}{unit}"
 
 
 def main() -> int:
@@ -322,8 +322,8 @@ def main() -> int:
         line = (
             f"SUMMARY bench_report {verdict}: {args.rows:,} rows, build {C.median(builds):.1f} s,"
             f" {size / 2**20:.1f} MiB, first paint {med['fcp']:.0f} ms (plain table"
-            f" {_ms(pmed['fcp'])} ms), table usable {med['ready']:.0f} ms (plain table loaded"
-            f" {_ms(pmed['load'])} ms: {'>= ' if pmed['load'] is None else ''}{ratio:.1f}x),"
+            f" {_ms(pmed['fcp'], ' ms')}), table usable {med['ready']:.0f} ms (plain table loaded"
+            f" {_ms(pmed['load'], ' ms')}: {'>= ' if pmed['load'] is None else ''}{ratio:.1f}x),"
             f" filter {med['filter_ms']:.0f} ms"
         )
         print(line)
