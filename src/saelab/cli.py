@@ -270,6 +270,7 @@ def demo(
 
 
 from saelab import cli_analysis  # noqa: E402,F401  (registers encode, export, contrast, query)
+from saelab import cli_report  # noqa: E402,F401  (registers inspect, report, export-stats)
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
