@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from saelab.atomic import is_debris
+from saelab.damage import Origin, one_line
 from saelab.errors import SaelabError
 from saelab.store.codecs import StoreDType, check_dtype
 
@@ -24,17 +25,21 @@ class ShardedStore:
 
     what = "store"  # how messages name it: "activation store", "trace store"
 
-    def __init__(self, root: Path | str, meta: dict[str, Any] | None) -> None:
+    def __init__(self, root: Path | str, meta: dict[str, Any] | None, origin: Origin) -> None:
         self.path = Path(root)
+        self.origin = origin  # who writes the store: named when a file is damaged
         if meta is None:
             raise SaelabError(f"no {self.what} at {self.path}")
-        self.hooks: list[str] = list(meta["hooks"])
-        self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
-        self.dtype: str = meta["dtype"]
-        self._dt: StoreDType = check_dtype(self.dtype)
-        self.positions: str = meta["positions"]
-        self.keep_bits: int | None = meta["keep_bits"]
-        self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
+        try:
+            self.hooks: list[str] = [str(h) for h in meta["hooks"]]
+            self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
+            self.dtype: str = str(meta["dtype"])
+            self._dt: StoreDType = check_dtype(self.dtype)
+            self.positions: str = str(meta["positions"])
+            self.keep_bits: int | None = meta["keep_bits"]
+            self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
+        except (KeyError, TypeError, ValueError, SaelabError) as e:
+            raise origin.error(self.path / "zarr.json", one_line(e)) from e
         shard_dir = self.path / "shards"
         found = [
             p
