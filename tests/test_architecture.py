@@ -14,9 +14,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "saelab"
 
 #: the floors, bottom up; a package may import its own floor's allowed neighbours and every
 #: floor below it
-BASE = {"saelab", "errors", "units", "atomic", "progress"}
+BASE = {"saelab", "errors", "units", "atomic", "progress", "nospace", "damage"}
 LIBRARY = {"data", "stats", "hub", "store", "models", "budget", "sae", "patch"}
 RUN = {"run"}
+ANALYSIS = {"inspect", "report", "exports", "verify"}  # read what stages wrote
 PIPELINE = {"pipeline"}
 CLI = {"cli", "cli_params", "__main__"}
 #: imports allowed between library packages (everything else there is base only)
@@ -36,8 +37,10 @@ def allowed(src: str, dst: str) -> bool:
         return dst in LIBRARY_NEIGHBOURS.get(src, set())
     if src in RUN:
         return False
+    if src in ANALYSIS:
+        return dst in LIBRARY | RUN | ANALYSIS
     if src in PIPELINE:
-        return dst in LIBRARY | RUN
+        return dst in LIBRARY | RUN | ANALYSIS
     return src in CLI  # the command line may use anything
 
 

@@ -9,6 +9,7 @@ extract ...`); written after the subcommand they are still understood.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -28,6 +29,14 @@ from saelab.pipeline.flags import as_flags
 from saelab.pipeline.patch import PatchConfig, run_patch
 from saelab.pipeline.plan import PlanConfig, plan_extract, record_plan, render_plan
 from saelab.pipeline.query import QueryConfig, run_query
+from saelab.pipeline.results import (
+    ExportStatsConfig,
+    InspectConfig,
+    ReportConfig,
+    run_export_stats,
+    run_inspect,
+    run_report,
+)
 from saelab.pipeline.show import ShowConfig, show_run
 from saelab.pipeline.train import TrainConfig, run_train
 
@@ -83,6 +92,9 @@ COMMANDS: list[tuple[str, type, Any]] = [
     ("query", QueryConfig, lambda c: run_query(_needs_run(c), c.sql, out=c.out, limit=c.limit)),
     ("patch", PatchConfig, run_patch),
     ("show", ShowConfig, lambda c: show_run(_needs_run(c), units=c.units)),
+    ("inspect", InspectConfig, run_inspect),
+    ("report", ReportConfig, run_report),
+    ("export-stats", ExportStatsConfig, run_export_stats),
     ("demo", DemoConfig, lambda c: run_demo(run=str(c.run), hooks=c.hooks, quiet=c.quiet)),
 ]
 for _name, _config, _handler in COMMANDS:
@@ -104,10 +116,40 @@ def _options_of_command(args: list[str]) -> list[str]:
     return config.field_names() if config is not None else []
 
 
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage-error classes, abort classes) of click and of the copy typer vendors.
+
+    typer 0.2x raises exceptions of its own vendored click (`typer._click`), which are not
+    subclasses of the installed click's: both must be caught, or a typo in an option ends in
+    a traceback.
+    """
+    usage: list[type] = [click.exceptions.ClickException]
+    abort: list[type] = [click.exceptions.Abort]
+    for mod in ("typer._click.exceptions", "typer.exceptions"):
+        try:
+            vendored = importlib.import_module(mod)
+        except ImportError:
+            continue
+        usage += [c for c in (getattr(vendored, "ClickException", None),) if c]
+        abort += [c for c in (getattr(vendored, "Abort", None),) if c]
+    return tuple(usage), tuple(abort)
+
+
+def _usage_line(e: Exception) -> str:
+    """One line for a usage error: the message and where to find the right spelling."""
+    msg = " ".join(str(e.format_message()).split())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    where = f"`{ctx.command_path} --help`" if ctx is not None else "`saelab --help`"
+    return f"{msg} (see {where})"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: SaelabError -> one line on stderr and a non-zero exit (unless --debug)."""
+    """Entry point: SaelabError -> one line on stderr and a non-zero exit (unless --debug).
+
+    Usage errors (an unknown option, a value of the wrong type) are one line too, exit 2."""
     args = hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args or os.environ.get("SAELAB_DEBUG") == "1"
+    usage, abort = _click_errors()
     try:
         rc = app(args=args, prog_name="saelab", standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -122,10 +164,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors carry their own exit code and message
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except abort:
+        print("saelab: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except usage as e:
+        if debug:
+            raise
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(2)
+        print(f"saelab: error: {_usage_line(e)}", file=sys.stderr)
+        code = int(getattr(e, "exit_code", 2))
+        sys.exit(code if code else 2)

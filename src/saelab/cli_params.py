@@ -50,9 +50,9 @@ def command(config: type[Options], handler: Callable[[Any], Any]) -> Callable[..
     """A typer command whose options are `config`'s fields; it builds the config (with the
     app's --quiet) and hands it to `handler`."""
 
-    def run(ctx: typer.Context, **kw: Any) -> Any:
+    def run(ctx: typer.Context, **kw: Any) -> None:
         root = ctx.find_root().obj or {}
-        return handler(config(**kw, quiet=bool(root.get("quiet"))))
+        handler(config(**kw, quiet=bool(root.get("quiet"))))  # results print; exit codes raise
 
     ctx_param = inspect.Parameter(
         "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context

@@ -1,25 +1,28 @@
-"""Streaming readers for training corpora (txt, JSON lines, Parquet, the stdlib docstrings).
+"""Documents of training corpora (txt paragraphs, JSON lines, Parquet, the stdlib docstrings).
 
-Split out of `saelab.data.corpus`, which picks a reader by suffix. Unlike prompt tables, a corpus
-may be far larger than memory and is usually read only up to a token budget, so every reader
-here is a generator that reads a line, a paragraph or a Parquet batch at a time. Mistakes are
-reported as one-line SaelabErrors naming the file, the line or row, and the fix, in the same
-words as the prompt readers (`saelab.data.readers`), whose surrogate and type checks are reused.
+`saelab.data.corpus` picks a reader by suffix. A corpus may be far larger than memory and is
+usually read only up to a token budget, so every reader is a generator over the streaming rows
+of `saelab.data.tables` (the same reader and the same messages as prompt files).
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
-import json
 import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
-import pyarrow as pa
-
-from saelab.data.readers import _check_encodable, _json_type
+from saelab.data.tables import (
+    check_encodable,
+    json_rows,
+    json_type,
+    lines,
+    parquet_batches,
+    parquet_columns,
+)
 from saelab.errors import SaelabError
 
 # Folders of the stdlib tree that are not the standard library's own documentation: installed
@@ -29,39 +32,11 @@ _STDLIB_SKIP_DIRS = frozenset(
 )
 MIN_DOCSTRING_CHARS = 40
 _BLOCK_NODES = (ast.stmt, ast.excepthandler, ast.match_case)
-_PARQUET_BATCH_ROWS = 1024
 
 
-def _decode_line(raw: bytes, source: str, number: int, offset: int) -> str:
-    """Decode one line strictly: a silently replaced byte would change the tokens trained on.
-
-    Decoding line by line is exact for UTF-8, whose multi-byte sequences never contain b"\\n".
-    """
+def _open(path: Path, source: str) -> IO[bytes]:
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SaelabError(
-            f"corpus file {source} line {number} column {e.start + 1}: invalid UTF-8 byte "
-            f"0x{raw[e.start]:02x} at byte offset {offset + e.start}; re-encode the file as "
-            "UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from e
-
-
-def _text_lines(path: Path, source: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs without line endings; a leading byte-order mark is dropped.
-
-    Splits on "\\n" only (and drops a "\\r" before it): str.splitlines would also break at
-    \\f or U+2028, which are text, not line ends.
-    """
-    offset = 0
-    try:
-        with path.open("rb") as f:
-            for number, raw in enumerate(f, start=1):
-                line = _decode_line(raw, source, number, offset)
-                offset += len(raw)
-                if number == 1:
-                    line = line.removeprefix("\ufeff")
-                yield number, line.removesuffix("\n").removesuffix("\r")
+        return path.open("rb")
     except OSError as e:
         raise SaelabError(
             f"corpus file {source} cannot be read ({e.strerror}); check its permissions"
@@ -71,16 +46,17 @@ def _text_lines(path: Path, source: str) -> Iterator[tuple[int, str]]:
 def read_txt(path: Path, source: str) -> Iterator[str]:
     """Paragraphs (runs of non-blank lines) as documents; a file with no blank line is one.
 
-    Lines inside a paragraph keep their indentation and are joined with "\\n"; blank lines
+    Lines inside a paragraph keep their indentation and are joined with "\n"; blank lines
     (empty or whitespace only) only separate documents.
     """
     paragraph: list[str] = []
-    for _, line in _text_lines(path, source):
-        if line.strip():
-            paragraph.append(line)
-        elif paragraph:
-            yield "\n".join(paragraph)
-            paragraph = []
+    with _open(path, source) as f:
+        for _, line in lines(f, f"corpus file {source}"):
+            if line.strip():
+                paragraph.append(line)
+            elif paragraph:
+                yield "\n".join(paragraph)
+                paragraph = []
     if paragraph:
         yield "\n".join(paragraph)
 
@@ -88,108 +64,43 @@ def read_txt(path: Path, source: str) -> Iterator[str]:
 def read_jsonl(path: Path, source: str, text_column: str) -> Iterator[str]:
     """One document per JSON object; rows whose text is null or empty are skipped, as datasets
     often carry them, but a missing column or a non-string text is an error."""
-    for number, line in _text_lines(path, source):
-        if not line.strip():
-            continue
-        at = f"corpus file {source} line {number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SaelabError(
-                f"{at} column {e.colno}: not valid JSON ({e.msg}); "
-                f'write one JSON object per line, like {{"{text_column}": "..."}}'
-            ) from e
-        if not isinstance(obj, dict):
-            raise SaelabError(
-                f"{at}: is a JSON {_json_type(obj)}, not an object; "
-                f'write one JSON object per line, like {{"{text_column}": "..."}}'
-            )
-        if text_column not in obj:
-            shown = ", ".join(repr(c) for c in obj) or "none"
-            raise SaelabError(
-                f"{at} has no text column {text_column!r} (columns: {shown}); "
-                "name the column that holds the text with `text_column`"
-            )
-        text = obj[text_column]
-        if text is None:
-            continue
-        if not isinstance(text, str):
-            raise SaelabError(
-                f"{at}: text in column {text_column!r} is a {_json_type(text)}, not a string; "
-                "choose the column that holds the text with `text_column`"
-            )
-        if text.strip():
-            _check_encodable(text, at, text_column)
-            yield text
+    where = f"corpus file {source}"
+    with _open(path, source) as f:
+        for line, obj in json_rows(f, where, text_column):
+            at = f"{where} {line}"
+            if text_column not in obj:
+                shown = ", ".join(repr(c) for c in obj) or "none"
+                raise SaelabError(
+                    f"{at} has no text column {text_column!r} (columns: {shown}); "
+                    "name the column that holds the text with `text_column`"
+                )
+            text = obj[text_column]
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise SaelabError(
+                    f"{at}: text in column {text_column!r} is a {json_type(text)}, not a string;"
+                    " choose the column that holds the text with `text_column`"
+                )
+            if text.strip():
+                check_encodable(text, at, text_column)
+                yield text
 
 
 def read_parquet(path: Path, source: str, text_column: str) -> Iterator[str]:
     """The text column, a batch of rows at a time; null and empty texts are skipped."""
-    import pyarrow.parquet as pq
-
-    def unreadable(e: Exception) -> SaelabError:
-        detail = " ".join(str(e).split())
-        return SaelabError(
-            f"corpus file {source} is not a readable Parquet file ({detail}); "
-            "rewrite it with pyarrow or pandas, or use another format"
-        )
-
-    try:
-        pf = pq.ParquetFile(path)
-        names = list(pf.schema_arrow.names)
-    except (pa.ArrowException, OSError) as e:
-        raise unreadable(e) from e
+    where = f"corpus file {source}"
+    pf, names = parquet_columns(path, where, text_column)
     if text_column not in names:
         shown = ", ".join(repr(c) for c in names) or "none"
         raise SaelabError(
-            f"corpus file {source} has no text column {text_column!r} (columns: {shown}); "
+            f"{where} has no text column {text_column!r} (columns: {shown}); "
             "name the column that holds the text with `text_column`"
         )
-    kind = pf.schema_arrow.field(text_column).type
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise SaelabError(
-            f"corpus file {source}: column {text_column!r} has type {kind}, but texts must be "
-            "strings; choose the column that holds the text with `text_column`"
-        )
-    row = 0
-    batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[text_column])
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as e:
-            raise unreadable(e) from e
-        column = batch.column(0)
-        if pa.types.is_dictionary(column.type):
-            column = column.dictionary_decode()
-        try:
-            texts = column.to_pylist()
-        except UnicodeDecodeError:
-            raise _bad_utf8_row(column, source, text_column, row) from None
-        for text in texts:
+    for _, values in parquet_batches(pf, where, [text_column]):
+        for text in values[text_column]:
             if text is not None and text.strip():
                 yield text
-        row += len(column)
-
-
-def _bad_utf8_row(column: pa.Array, source: str, text_column: str, first_row: int) -> SaelabError:
-    """Parquet writers do not always validate UTF-8; find and name the row so it can be fixed."""
-    for i in range(len(column)):
-        try:
-            column[i].as_py()
-        except UnicodeDecodeError as e:
-            return SaelabError(
-                f"corpus file {source} row {first_row + i + 1}: column {text_column!r} holds "
-                f"invalid UTF-8 (byte offset {e.start} in that text); rewrite that row as "
-                "valid UTF-8"
-            )
-    return SaelabError(
-        f"corpus file {source}: column {text_column!r} holds invalid UTF-8 near row "
-        f"{first_row + 1}; rewrite the file with valid UTF-8 texts"
-    )
 
 
 def stdlib_root() -> Path:

@@ -11,22 +11,24 @@ readers and their checks live in `saelab.data.readers`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 
 from saelab.data.readers import (
-    _build_columns,
-    _decode,
-    _parse_delimited,
-    _parse_jsonl,
-    _parse_parquet,
-    _parse_txt,
+    build_columns,
+    parse_delimited,
+    parse_jsonl,
+    parse_parquet,
+    parse_txt,
 )
+from saelab.data.tables import must_exist, table_format
 from saelab.errors import SaelabError
 
 DEMO_SOURCE = "builtin:demo"
@@ -145,33 +147,37 @@ def read_prompts(
 
     p = Path(path).expanduser()
     source = str(p)
-    if not p.exists():
-        raise SaelabError(
-            f"prompts file {source} does not exist; check the path (relative paths start "
-            f"from {Path.cwd()})"
-        )
+    must_exist(p, "prompts file")
     if p.is_dir():
         raise SaelabError(
             f"prompts path {source} is a folder; pass one prompts file ({_SUPPORTED}) inside it"
         )
-    fmt = _FORMATS.get(p.suffix.lower())
-    if fmt is None:
-        hint = ""
-        if p.suffix.lower() == ".json":
-            hint = " (save a JSON array as .jsonl, one object per line)"
-        raise SaelabError(
-            f"prompts file {source} has unsupported suffix {p.suffix or '(none)'!r}; "
-            f"use one of {_SUPPORTED}{hint}"
-        )
+    json_array = p.suffix.lower() == ".json"
+    hint = " (save a JSON array as .jsonl, one object per line)" if json_array else ""
+    fmt = table_format(p, _FORMATS, f"prompts file {source}", f"one of {_SUPPORTED}{hint}")
     try:
-        data = p.read_bytes()
+        f = p.open("rb")
     except OSError as e:
         raise SaelabError(
             f"prompts file {source} cannot be read ({e.strerror}); check its permissions"
         ) from e
-    if not data:
-        raise SaelabError(f"prompts file {source} is empty; add at least one prompt")
+    with f:
+        if p.stat().st_size == 0:
+            raise SaelabError(f"prompts file {source} is empty; add at least one prompt")
+        return _read(f, p, fmt, text_column, id_column, group_column, limit)
 
+
+def _read(
+    f: IO[bytes],
+    p: Path,
+    fmt: str,
+    text_column: str,
+    id_column: str | None,
+    group_column: str | None,
+    limit: int | None,
+) -> PromptTable:
+    source = str(p)
+    where = f"prompts file {source}"
     if fmt == "txt":
         custom = text_column != "text" or id_column not in ("id", None)
         if custom or group_column not in ("group", None):
@@ -179,20 +185,20 @@ def read_prompts(
                 f"prompts file {source} is plain text and has no columns; use a .jsonl, .csv "
                 "or .parquet file to choose text, id or group columns"
             )
-        texts = _parse_txt(_decode(data, source), limit)
+        texts = parse_txt(f, where, limit)
         if not texts:
             raise SaelabError(
                 f"prompts file {source} has no prompts, only blank lines; add one prompt per line"
             )
         return PromptTable([str(i) for i in range(len(texts))], texts, None, source)
     if fmt == "parquet":
-        columns, rows = _parse_parquet(p, source, text_column, id_column, group_column, limit)
+        columns, rows = parse_parquet(p, where, text_column, id_column, group_column, limit)
     elif fmt == "jsonl":
-        columns, rows = _parse_jsonl(_decode(data, source), source, limit)
+        columns, rows = parse_jsonl(f, where, limit, text_column)
     else:
         delimiter = "," if fmt == "csv" else "\t"
-        columns, rows = _parse_delimited(_decode(data, source), source, delimiter, limit)
-    ids, texts, groups = _build_columns(source, columns, rows, text_column, id_column, group_column)
+        columns, rows = parse_delimited(f, where, delimiter, limit)
+    ids, texts, groups = build_columns(source, columns, rows, text_column, id_column, group_column)
     return PromptTable(ids, texts, groups, source)
 
 
@@ -206,6 +212,6 @@ def builtin_prompts(name: str) -> PromptTable:
     false) or `builtin:styles` (the same 40 statements written formally and casually, groups
     formal and casual: a two-group set where style features must separate the groups)."""
     data = resources.files("saelab.data").joinpath(_BUILTIN[name]).read_bytes()
-    columns, rows = _parse_jsonl(_decode(data, name), name, None)
-    ids, texts, groups = _build_columns(name, columns, rows, "text", "id", "group")
+    columns, rows = parse_jsonl(io.BytesIO(data), f"prompts file {name}", None)
+    ids, texts, groups = build_columns(name, columns, rows, "text", "id", "group")
     return PromptTable(ids, texts, groups, name)

@@ -73,6 +73,7 @@ class HookUnit(Unit):
     """The statistics of one hook's features (`width` of them)."""
 
     width: int = 0
+    hook: str = ""
 
 
 class ContrastStage(Stage[ContrastConfig]):
@@ -116,7 +117,8 @@ class ContrastStage(Stage[ContrastConfig]):
         return out if sections is not None else [*out, f"{STATS_DIR}/{TABLE}"]
 
     def units(self) -> list[Unit]:
-        return [HookUnit(hook, 1, width) for hook, width in self.hooks]
+        source = self.config.source  # keys stay apart across sources: one manifest section
+        return [HookUnit(f"{source}:{hook}", 1, width, hook) for hook, width in self.hooks]
 
     def finish(self, done: Done) -> Finished:
         o = self.config
@@ -135,14 +137,14 @@ class ContrastStage(Stage[ContrastConfig]):
     def run_unit(self, unit: HookUnit, worker: Worker) -> UnitResult:
         o, labels = self.config, self.labels
         acc = TwoGroupAccumulator(unit.width)
-        for block in self._blocks(unit.key):
+        for block in self._blocks(unit.hook):
             a = labels.in_a[block.prompt_index]
             b = labels.in_b[block.prompt_index]
             keep = a | b
             if keep.any():
                 acc.add(block.x[np.flatnonzero(keep)], a[keep])
         stats = two_group_stats(acc, min_active=o.min_active)
-        path = self.run.path / self._part(unit.key)
+        path = self.run.path / self._part(unit.hook)
         buf = io.BytesIO()
         pq.write_table(pa.table({k: pa.array(v) for k, v in stats.items()}), buf)
         atomic_write_bytes(path, buf.getvalue())

@@ -194,7 +194,7 @@ class EncodeStage(Stage[EncodeConfig]):
         st = fetcher.stats
         info["fetch"] = {k: getattr(st, k) - before[k] for k in FETCH_KEYS}
         info["fetch"]["peak_cache_bytes"] = st.peak_cache_bytes
-        folder = hook_dir(self.run.path, info["hook"])
+        folder = hook_dir(self.run.path / CODES_DIR, info["hook"])
         return UnitResult(hashed(self.run, [p for p in folder.iterdir() if p.is_file()]), info)
 
     def _encode(self, unit: SAEUnit, loaded: Any) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class EncodeStage(Stage[EncodeConfig]):
         hook = self._check_hook(unit, sae)
         features = parse_features(o.features, sae.cfg.d_sae)
         writer = CodesWriter(
-            self.run.path,
+            self.run.path / CODES_DIR,
             hook,
             {
                 "sae": unit.location,

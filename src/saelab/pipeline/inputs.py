@@ -21,7 +21,7 @@ from saelab.store import (
     open_codes,
     open_traces,
 )
-from saelab.store.codes import read_run_prompts
+from saelab.store.codes import read_prompt_table
 
 
 def run_model(run: RunFolder, default: str = "default") -> str:
@@ -69,4 +69,8 @@ def codes(run: RunFolder) -> Codes:
 
 def prompt_table(run: RunFolder) -> dict[str, list[Any]]:
     """ids, texts and groups of the prompts extract recorded (RUN/prompts.parquet)."""
-    return read_run_prompts(run.path)
+    if not (run.path / "prompts.parquet").is_file():
+        raise SaelabError(
+            f"{run.path} has no prompts.parquet; run `saelab extract --run {run.path}` first"
+        )
+    return read_prompt_table(run.path / "prompts.parquet")

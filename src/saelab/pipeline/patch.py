@@ -179,7 +179,7 @@ class PatchStage(Stage[PatchConfig]):
 def _part(s: EditSet) -> str:
     """One records file per edit set, named by a hash of its spec."""
     if s == BASELINE:
-        return f"{PARTS}/baseline.json"
+        return f"{DIR}/baseline.json"
     return f"{PARTS}/{hashlib.sha256(s.name.encode()).hexdigest()[:16]}.json"
 
 
@@ -224,6 +224,7 @@ def _records(s: EditSet, ids: list[str], groups: list[Any], gen: Any, sl: slice,
             "text": text,
             "kl": float(kl[i]),
             "label": next((lab for lab, rx in outcomes if rx.search(text)), "other"),
+            "applied": int(gen.applied[sl][i]),  # positions the row's edits were applied at
         }
         for name, tid in targets:
             rec[f"logp[{name}]"] = float(lp[i, tid])

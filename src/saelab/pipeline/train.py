@@ -20,8 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import field_validator
 
-from saelab.data.corpus import STDLIB_SOURCE, iter_texts, pack_windows, split_windows
+from saelab.data.corpus import (
+    HOLDOUT_CAP,
+    STDLIB_SOURCE,
+    holdout_count,
+    iter_texts,
+    pack_windows,
+    parse_holdout,
+    split_windows,
+)
 from saelab.errors import SaelabError
 from saelab.models.adapters import adapter_for
 from saelab.models.describe import describe_model
@@ -70,13 +79,22 @@ class TrainConfig(StageOptions):
     patience: int | None = option(3, "stop after N evaluations without EV gain (0: never)")
     eval_every: int | None = option(None, "steps between evaluations")
     checkpoint_every: int | None = option(None, "steps between checkpoints")
-    holdout: int = option(32, "held-out prompts / windows")
+    holdout: str = option(
+        "0.1",
+        "held out for evaluation: a fraction of the prompts/windows (at most 32) or a whole"
+        " number of them",
+    )
     stream: bool = option(False, "capture from the model over --corpus")
     corpus: str | None = option(None, "--stream text: txt/jsonl/parquet file or folder")
     model: str = option("default", MODEL_HELP)
     context: int = option(128, "--stream: tokens per window")
     text_column: str = option("text", TEXT_COLUMN_HELP)
     splice: bool = option(True, "measure CE loss recovered in the model")
+
+    @field_validator("holdout", mode="before")
+    @classmethod
+    def _holdout_text(cls, v: Any) -> str:
+        return str(v)  # 6 and "6" (a count), 0.1 and "0.1" (a fraction) are the same
 
 
 @dataclass(frozen=True)
@@ -108,10 +126,7 @@ class TrainStage(Stage[TrainConfig]):
         for hook in self.hooks:
             src = self._store_source(hook)
             if src.batches_per_epoch == 0:
-                raise SaelabError(
-                    f"{hook}: {len(src.rows)} training rows are fewer than one batch"
-                    f" ({o.batch_size}); extract more prompts or lower --batch-size"
-                )
+                self._too_few_rows(hook, len(src.rows), len(src.held_out))
             cfg = self._trainer_config(store.d_model[hook], src.batches_per_epoch)
             binding[hook] = {**asdict(cfg), "data": data, "device": o.device}
         return binding
@@ -171,16 +186,43 @@ class TrainStage(Stage[TrainConfig]):
         corpus = o.corpus or STDLIB_SOURCE
         # --tokens counts training tokens in both modes: a stream reads tokens/epochs
         distinct = -(-o.tokens // o.epochs) if o.tokens else STREAM_TOKENS
-        want = distinct + o.holdout * o.context
+        holdout = parse_holdout(o.holdout)
+        if isinstance(holdout, float):  # the windows to read so the fraction leaves `distinct`
+            extra = min(HOLDOUT_CAP, round(distinct / o.context * holdout / (1 - holdout)))
+            want = distinct + extra * o.context
+        else:
+            want = distinct + holdout * o.context
         say(f"train: reading {corpus} ({want:,} tokens)", o.quiet)
         texts = iter_texts(corpus, text_column=o.text_column)
         w = pack_windows(texts, tokenizer, context=o.context, max_tokens=want, source=corpus)
-        train_w, held_w = split_windows(w, o.holdout, seed=o.seed)
+        n_hold = holdout_count(holdout, len(w.windows), cap=HOLDOUT_CAP)
+        train_w, held_w = split_windows(w, n_hold, seed=o.seed)
         return train_w, held_w, w.n_tokens
+
+    @property
+    def n_hold(self) -> int:
+        """Held-out prompts of the store: a fraction (at most 32) or a count."""
+        holdout = parse_holdout(self.config.holdout)
+        return holdout_count(holdout, self.store.n_prompts, cap=HOLDOUT_CAP)
 
     def _store_source(self, hook: str) -> Any:
         o = self.config
-        return store_source(self.store, hook, o.batch_size, o.seed, o.holdout)
+        return store_source(self.store, hook, o.batch_size, o.seed, self.n_hold)
+
+    def _too_few_rows(self, hook: str, rows: int, held: int) -> None:
+        """Refuse, naming the one option that would make training possible."""
+        o, n_hold = self.config, self.n_hold
+        msg = f"{hook}: {rows} training rows are fewer than one batch ({o.batch_size})"
+        if rows + held >= o.batch_size and n_hold:
+            raise SaelabError(
+                f"{msg} because --holdout {o.holdout} holds out {n_hold} of"
+                f" {self.store.n_prompts} prompts ({held} rows); hold out fewer (e.g. --holdout"
+                " 0.1) or extract more prompts"
+            )
+        raise SaelabError(
+            f"{msg}, even with nothing held out; lower --batch-size (at most {max(1, rows)})"
+            " or extract more prompts"
+        )
 
     def _stream_source(self, lm: LoadedModel | None, train_w: np.ndarray) -> StreamSource:
         o = self.config
@@ -214,7 +256,7 @@ class TrainStage(Stage[TrainConfig]):
 
         prog = run_loop({hook: trainer}, batches, {hook: held}, self._loop(cfg.total_steps),
                         self._ckpt(hook))  # fmt: skip
-        windows = _heldout_windows_from_store(store, o.holdout, o.context)
+        windows = _heldout_windows_from_store(store, self.n_hold, o.context)
         return self._results({hook: trainer}, {hook: held}, prog, windows, None, worker)
 
     def _train_stream(self, unit: HooksUnit, worker: Worker) -> UnitResult:

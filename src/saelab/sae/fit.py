@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from saelab.data.corpus import holdout_count
 from saelab.errors import SaelabError
 from saelab.sae.loop import LoopConfig, progress_dict, run_loop
 from saelab.sae.metrics import FeatureFiring, evaluate_sae, sparsity_verdict
@@ -35,22 +36,6 @@ from saelab.sae.sources import check_finite, store_source
 from saelab.sae.train import SAETrainer, TrainConfig
 
 HELDOUT_ROWS = 8192  # evaluation rows (and initialisation sample) at most
-
-
-def holdout_count(holdout: float | int, n: int, *, cap: int | None = None) -> int:
-    """How many of `n` items to hold out: a fraction below 1 (at most `cap`) or a count;
-    with two or more items, each side keeps at least one."""
-    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or holdout < 0:
-        raise SaelabError(f"`holdout` {holdout!r} must be a fraction below 1 or a count")
-    if isinstance(holdout, float):
-        if holdout >= 1:
-            raise SaelabError(f"`holdout` fraction {holdout!r} must be below 1")
-        k = round(holdout * n) if cap is None else min(round(holdout * n), cap)
-    else:
-        k = int(holdout)
-    if holdout > 0 and n >= 2:
-        k = min(max(k, 1), n - 1)
-    return min(k, n - 1) if n >= 1 else 0
 
 
 def trainer_config(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from saelab.damage import one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.store.codecs import (
     check_dtype,
@@ -40,6 +41,7 @@ from saelab.store.shards import (
     init_shard_root,
     normalise_meta,
     rows_per_chunk,
+    shard_name,
     write_shard_group,
 )
 
@@ -54,12 +56,6 @@ _RESERVED = ("prompt_index", "token_ids", "token_offsets", "zarr.json")
 _CHUNK_BYTES = 2**21  # rows per chunk: the power of two giving 1-2 MiB (tests shrink this)
 
 
-def _shard_name(shard: int) -> str:
-    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or shard < 0:
-        raise ValueError(f"shard index must be a non-negative int, got {shard!r}")
-    return f"{int(shard):05d}"
-
-
 def _rows_per_chunk(d: int, itemsize: int, n_rows: int) -> int:
     return rows_per_chunk(d * itemsize, n_rows, _CHUNK_BYTES)
 
@@ -71,8 +67,8 @@ def read_root_meta(root: Path) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(path.read_text()).get("attributes", {}).get("saelab")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise SaelabError(f"{path} is not valid zarr metadata ({e}); use another run folder") from e
+    except (OSError, ValueError, AttributeError) as e:  # ValueError: bad JSON or UTF-8
+        raise origin_of(root, STORE_DIR, "extract").error(path, one_line(e)) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SaelabError(f"{root} is not a saelab activation store; use another run folder")
     if meta.get("version", 0) > VERSION:
@@ -130,7 +126,7 @@ class ActivationWriter:
         init_shard_root(self.root, meta, read_root_meta(self.root), "activation store", tidy)
 
     def has_shard(self, shard: int) -> bool:
-        return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()
+        return (self.root / "shards" / shard_name(shard) / "zarr.json").is_file()
 
     def write_shard(
         self,
@@ -145,7 +141,7 @@ class ActivationWriter:
         `acts[hook]` holds only real tokens (no padding): one row per token for positions "all",
         one per prompt otherwise. Any float dtype, torch or numpy; rounded to the store dtype here.
         """
-        final = self.root / "shards" / _shard_name(shard)
+        final = self.root / "shards" / shard_name(shard)
         pidx = np.asarray(prompt_index)
         if pidx.ndim != 1 or (pidx.size and pidx.dtype.kind not in "iu"):
             raise ValueError(f"prompt_index must be a 1-D integer array, got {pidx.dtype}")
@@ -185,4 +181,12 @@ class ActivationWriter:
                 keep,
             )
         attrs = {"n_prompts": n_prompts, "n_rows": n_rows, "n_tokens": n_tokens}
-        return write_shard_group(final, arrays, attrs=attrs, base=self.root)
+        size = n_rows * sum(self.d_model.values()) * self._dt.itemsize + 12 * n_tokens
+        return write_shard_group(
+            final,
+            arrays,
+            attrs=attrs,
+            base=self.root,
+            what=f"activation shard {final.name}",
+            size_hint=size,
+        )

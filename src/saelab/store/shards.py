@@ -23,6 +23,7 @@ import zarr
 
 from saelab.atomic import atomic_dir, atomic_write_json, file_digest, remove_debris
 from saelab.errors import SaelabError
+from saelab.nospace import disk_space_for
 from saelab.store.chunks import KEY_ENCODING, ChunkEncoder, write_chunks
 from saelab.store.codecs import ZSTD_LEVEL, compressors, quiet_numcodecs
 
@@ -43,6 +44,13 @@ class ArraySpec:
     chunk_rows: int
     filters: list[Any] | str | None = "auto"  # zarr's default: no filter for numbers
     keep_bits: int | None = None
+
+
+def shard_name(shard: int) -> str:
+    """The folder of shard number `shard`: zero-padded, so shards list in order."""
+    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or shard < 0:
+        raise ValueError(f"shard index must be a non-negative int, got {shard!r}")
+    return f"{int(shard):05d}"
 
 
 def rows_per_chunk(row_bytes: int, n_rows: int, chunk_bytes: int) -> int:
@@ -68,23 +76,33 @@ def write_shard_group(
     attrs: dict[str, Any],
     base: Path,
     files: Mapping[str, bytes] | None = None,
+    what: str | None = None,
+    size_hint: int | None = None,
 ) -> dict[str, str]:
     """Write a zarr v3 group at `final` atomically; return {path relative to `base`: sha256}.
 
     Arrays are created in the order given; `files` are extra files (e.g. a Parquet table) put
     into the group folder before the rename, so they appear together with the arrays. An
     existing `final` is replaced. Nothing written depends on time or order of calls, so
-    rewriting a shard with the same inputs gives the same bytes.
+    rewriting a shard with the same inputs gives the same bytes. A full disk removes the
+    temporary folder and is one SaelabError naming `what` and the space needed (`size_hint`,
+    e.g. the shard's uncompressed size, else what the arrays seen so far hold).
     """
     prefix = final.relative_to(base).as_posix()
     digests: dict[str, str] = {}
     workers = max(1, min(os.cpu_count() or 1, 8))
-    with atomic_dir(final) as tmp, ThreadPoolExecutor(workers) as pool:
+    raw = [sum(len(b) for b in (files or {}).values())]
+    with (
+        disk_space_for(what or f"shard {final.name}", final, lambda: size_hint or raw[0]),
+        atomic_dir(final) as tmp,
+        ThreadPoolExecutor(workers) as pool,
+    ):
         _write_json(
             tmp / "zarr.json", {"attributes": attrs, "zarr_format": 3, "node_type": "group"}
         )
         for name, spec in arrays.items():
             data = spec.data() if callable(spec.data) else spec.data
+            raw[0] += data.nbytes
             meta = array_metadata(data, spec.chunk_rows, spec.filters)
             (tmp / name).mkdir()  # (write_chunks would too; the metadata goes in first)
             _write_json(tmp / name / "zarr.json", meta)

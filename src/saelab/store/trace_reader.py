@@ -1,7 +1,8 @@
 """Reading generation traces: `open_traces` gives numpy arrays, one trace at a time.
 
 `TraceDataset` (torch tensors, batching, attention graphs) is in `trace_dataset` (and in
-`saelab.store`), so reading a store with numpy alone never imports torch.
+`saelab.store`), so reading a store with numpy alone never imports torch; what every sharded
+store reader shares is in `sharded`.
 
 Only zarr chunks, JSON and Parquet are read, never a pickle, so a trace store from anyone is
 safe to open. Opening reads the small per-shard index arrays once; a trace's hidden states or
@@ -17,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from saelab.atomic import is_debris
+from saelab.damage import one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.store.chunks import ChunkReader
-from saelab.store.codecs import check_dtype, decode_rows
+from saelab.store.codecs import decode_rows
+from saelab.store.reader import check_offsets, check_shape, shard_attrs
+from saelab.store.sharded import ShardedStore, open_store
 from saelab.store.traces import (
     ATTN_PREFIX,
     META_FILE,
@@ -33,12 +36,8 @@ from saelab.store.traces import (
 
 
 def open_traces(path: Path | str) -> TraceStore:
-    """Open the trace store of a run folder (or the traces folder itself) for reading."""
-    p = Path(path)
-    for root in (p, p / TRACES_DIR):
-        if read_trace_meta(root) is not None:
-            return TraceStore(root)
-    raise SaelabError(f"no generation traces at {p} (nor in its {TRACES_DIR}/ folder)")
+    """Open a trace store (its folder, or a run folder holding one) for reading."""
+    return open_store(path, TRACES_DIR, read_trace_meta, TraceStore, "generation traces")
 
 
 def _stats(x: np.ndarray) -> dict[str, float | int | None]:
@@ -47,41 +46,42 @@ def _stats(x: np.ndarray) -> dict[str, float | int | None]:
     return {"mean": float(x.mean()), "min": int(x.min()), "max": int(x.max())}
 
 
-class TraceStore:
+class TraceStore(ShardedStore):
     """Read access to every complete shard of a trace store, traces in shard order."""
 
+    what = "trace store"
+
     def __init__(self, root: Path | str) -> None:
-        self.path = Path(root)
-        meta = read_trace_meta(self.path)
+        root = Path(root)
+        meta = read_trace_meta(root)
         if meta is None:
-            raise SaelabError(f"no generation traces at {self.path}")
-        self.hooks: list[str] = list(meta["hooks"])
-        self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
-        self.dtype: str = meta["dtype"]
-        self.keep_bits: int | None = meta["keep_bits"]
-        self.positions: str = meta["positions"]
-        self.attention_layers: list[int] = [int(x) for x in meta["attention_layers"]]
-        self.heads: list[int] = [int(h) for h in meta["heads"]]
-        self.n_heads: int | None = meta["n_heads"]
-        self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
-        self._dt = check_dtype(self.dtype)
+            raise SaelabError(f"no generation traces at {root}")
+        super().__init__(root, meta, origin_of(root, TRACES_DIR, "extract --generate"))
+        try:
+            self.attention_layers: list[int] = [int(x) for x in meta["attention_layers"]]
+            self.heads: list[int] = [int(h) for h in meta["heads"]]
+            self.n_heads: int | None = meta["n_heads"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise self.origin.error(self.path / "zarr.json", one_line(e)) from e
         self._adt = attention_dtype(self._dt)
-        shard_dir = self.path / "shards"
-        found = sorted(
-            (p for p in (shard_dir.iterdir() if shard_dir.is_dir() else ()) if p.name.isdigit()),
-            key=lambda p: int(p.name),
-        )
-        self._shards = [p for p in found if (p / "zarr.json").is_file()]  # never .tmp-*
-        self.shard_ids: list[int] = [int(p.name) for p in self._shards]
+        self._shards = self._shard_paths
         self._arrays: dict[tuple[int, str], ChunkReader] = {}
         self._tokens: dict[int, np.ndarray] = {}
         self._texts: dict[int, dict[str, list[Any]]] = {}
         idx, plen, tlen, shard_of = [], [], [], []
-        for s in range(len(self._shards)):
-            idx.append(self._all(s, "prompt_index"))
-            plen.append(self._all(s, "prompt_lengths").astype(np.int64))
-            tlen.append(np.diff(self._all(s, "token_offsets")))
-            shard_of.append(np.full(len(idx[-1]), s, dtype=np.int64))
+        self._attrs: list[dict[str, int]] = []
+        for s, p in enumerate(self._shards):
+            attrs = shard_attrs(p, ("n_traces", "n_tokens", "n_rows", "n_pairs"), self.origin)
+            self._attrs.append(attrs)
+            n = attrs["n_traces"]
+            idx.append(self._index(s, "prompt_index", n))
+            plen.append(self._index(s, "prompt_lengths", n))
+            offsets = self._index(s, "token_offsets", n + 1)
+            check_offsets(offsets, n, attrs["n_tokens"], p / "token_offsets", self.origin)
+            tlen.append(np.diff(offsets))
+            if (plen[-1] < 0).any() or (plen[-1] > tlen[-1]).any():
+                raise self.origin.error(p / "prompt_lengths", "prompt longer than its trace")
+            shard_of.append(np.full(n, s, dtype=np.int64))
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
         self.indices: np.ndarray = cat(idx).astype(np.int64)
         self.prompt_lengths: np.ndarray = cat(plen)
@@ -113,16 +113,24 @@ class TraceStore:
         state.update(_arrays={}, _tokens={}, _texts={})
         return state
 
-    @property
-    def run(self) -> Path:
-        return self.path.parent if self.path.name == TRACES_DIR else self.path
-
     def _array(self, s: int, name: str) -> ChunkReader:
         """Shard s's array `name`, opened once (its metadata parsed once) and kept."""
         key = (s, name)
         if key not in self._arrays:
-            self._arrays[key] = ChunkReader(self._shards[s] / name)
+            reader = ChunkReader(self._shards[s] / name, self.origin)
+            a = self._attrs[s]
+            heads = len(self.heads)
+            want = {
+                "token_ids": (a["n_tokens"],),
+                **{h: (a["n_rows"], self.d_model[h]) for h in self.hooks},
+                **{f"{ATTN_PREFIX}{x}": (heads * a["n_pairs"],) for x in self.attention_layers},
+            }.get(name)
+            self._arrays[key] = reader if want is None else check_shape(reader, want, self.origin)
         return self._arrays[key]
+
+    def _index(self, s: int, name: str, n: int) -> np.ndarray:
+        reader = check_shape(self._array(s, name), (n,), self.origin)
+        return reader.rows(0, n).astype(np.int64)
 
     def _all(self, s: int, name: str) -> np.ndarray:
         arr = self._array(s, name)
@@ -136,14 +144,6 @@ class TraceStore:
             raise IndexError(f"trace {i} out of range for {self.n_traces} stored traces")
         i = int(i) % self.n_traces
         return int(self._shard_of[i]), i
-
-    def check_hook(self, hook: str) -> str:
-        if hook not in self.d_model:
-            raise SaelabError(
-                f"hook {hook!r} is not in trace store {self.path}; "
-                f"stored hooks: {', '.join(self.hooks) or 'none'}"
-            )
-        return hook
 
     def require_attentions(self) -> None:
         if not self.attention_layers:
@@ -183,7 +183,14 @@ class TraceStore:
             import pyarrow.parquet as pq
 
             cols = ["answer_text", "clean_answer", "finish"]
-            self._texts[s] = pq.read_table(self._shards[s] / META_FILE, columns=cols).to_pydict()
+            path = self._shards[s] / META_FILE
+            try:
+                table = pq.read_table(path, columns=cols).to_pydict()
+            except Exception as e:  # pyarrow raises ArrowInvalid, OSError, KeyError, ...
+                raise self.origin.error(path, one_line(e)) from e
+            if any(len(v) != self._attrs[s]["n_traces"] for v in table.values()):
+                raise self.origin.error(path, "row count differs from the shard's traces")
+            self._texts[s] = table
         j = i - int(self._first[s])
         return {k: v[j] for k, v in self._texts[s].items()}
 
@@ -221,12 +228,8 @@ class TraceStore:
         """
         split = {"hidden": 0, "attentions": 0, "tokens": 0, "meta": 0}
         per_array: dict[str, int] = {}
-        for f in self.path.rglob("*"):
-            rel_path = f.relative_to(self.path)
-            if not f.is_file() or is_debris(rel_path):
-                continue
-            rel = rel_path.parts
-            size = f.stat().st_size
+        for path, size in self.file_sizes().items():
+            rel = path.split("/")
             name = rel[2] if len(rel) > 3 and rel[0] == "shards" else ""
             per_array[name] = per_array.get(name, 0) + size
             if name in self.d_model:

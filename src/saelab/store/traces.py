@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from saelab.damage import one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.store.codecs import (
     DTYPES,
@@ -57,6 +58,7 @@ from saelab.store.shards import (
     init_shard_root,
     normalise_meta,
     rows_per_chunk,
+    shard_name,
     write_shard_group,
 )
 
@@ -110,12 +112,6 @@ def tril_mask(t: int) -> np.ndarray:
     return mask
 
 
-def _shard_name(shard: int) -> str:
-    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or shard < 0:
-        raise ValueError(f"shard index must be a non-negative int, got {shard!r}")
-    return f"{int(shard):05d}"
-
-
 def read_trace_meta(root: Path) -> dict[str, Any] | None:
     """The trace store's static metadata, or None when `root` holds no zarr group at all."""
     path = root / "zarr.json"
@@ -123,8 +119,8 @@ def read_trace_meta(root: Path) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(path.read_text()).get("attributes", {}).get("saelab")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise SaelabError(f"{path} is not valid zarr metadata ({e}); use another run folder") from e
+    except (OSError, ValueError, AttributeError) as e:  # ValueError: bad JSON or UTF-8
+        raise origin_of(root, TRACES_DIR, "extract").error(path, one_line(e)) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         what = meta.get("format") if isinstance(meta, dict) else None
         raise SaelabError(
@@ -224,7 +220,7 @@ class TraceWriter:
         init_shard_root(self.root, meta, read_trace_meta(self.root), "trace store", tidy)
 
     def has_shard(self, shard: int) -> bool:
-        return (self.root / "shards" / _shard_name(shard) / "zarr.json").is_file()
+        return (self.root / "shards" / shard_name(shard) / "zarr.json").is_file()
 
     def write_shard(self, shard: int, traces: Sequence[Trace]) -> dict[str, str]:
         """Write one shard whole (replacing any earlier one); return {relative path: sha256}.
@@ -234,7 +230,7 @@ class TraceWriter:
         lower triangles are stored, and a map with real weight above the diagonal is refused
         (it would be silently cut).
         """
-        final = self.root / "shards" / _shard_name(shard)
+        final = self.root / "shards" / shard_name(shard)
         toks, plen, alen = [], [], []
         for tr in traces:
             p, a = np.asarray(tr.prompt_ids).reshape(-1), np.asarray(tr.answer_ids).reshape(-1)
@@ -278,7 +274,17 @@ class TraceWriter:
             "n_pairs": n_pairs,
         }
         files = {META_FILE: _meta_table(traces, plen, alen)}
-        return write_shard_group(final, specs, attrs=attrs, base=self.root, files=files)
+        size = int(rows.sum()) * sum(self.d_model.values()) * self._dt.itemsize
+        size += len(self.attention_layers) * len(self.heads) * n_pairs * self._adt.itemsize
+        return write_shard_group(
+            final,
+            specs,
+            attrs=attrs,
+            base=self.root,
+            files=files,
+            what=f"trace shard {final.name}",
+            size_hint=size + 12 * int(offsets[-1]),
+        )
 
     def _check(self, tr: Trace, p: int, a: int) -> None:
         """Shapes and key sets of one trace, checked before anything is written."""
