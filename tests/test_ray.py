@@ -36,6 +36,7 @@ from saelab.pipeline.extract import ExtractStage
 from saelab.pipeline.extract_job import ExtractConfig
 from saelab.pipeline.patch import PatchConfig, PatchStage
 from saelab.pipeline.stage import Worker
+from saelab.pipeline.traces import TracesStage
 from saelab.pipeline.train import TrainConfig, TrainStage
 from saelab.run import RunFolder
 from tests import hub_server
@@ -50,6 +51,7 @@ pytestmark = pytest.mark.slow
 hub = hub_server.hub
 
 RUN = "r"  # every run is `r` under its own working directory: records name relative paths
+TRACES = "t"  # and the generation traces are `t` beside it
 EXTRACT = dict(prompts="builtin:styles", limit=16, hooks="resid_post.3,resid_post.7",
                shard_size=4, run=RUN, quiet=True)  # fmt: skip
 STAGES = [
@@ -58,6 +60,10 @@ STAGES = [
                              batch_size=64, epochs=2, holdout=4, splice=False, quiet=True)),
     (EncodeStage, EncodeConfig(run=RUN, saes=f"{RUN}/saes", quiet=True)),
     (ContrastStage, ContrastConfig(run=RUN, groups="formal,casual", quiet=True)),
+    # generation traces, sampled: each shard seeds its own sampling, whichever worker runs it
+    (TracesStage, ExtractConfig(prompts="builtin:styles", limit=6, generate=4, temperature=0.8,
+                                hooks="resid_post.2", attentions="0", shard_size=2, run=TRACES,
+                                quiet=True)),
     (PatchStage, PatchConfig(run=RUN, sweep="top:1/hook", values="0,@20", prompts="p.txt",
                              generate=3, targets=" the, a", outcome=["excl=!"], batch_size=4,
                              quiet=True)),
@@ -150,6 +156,9 @@ def ray_run(tmp_path_factory, executor) -> Path:
 
 def test_every_stage_is_byte_identical_to_local(local, ray_run, executor):
     assert outputs(ray_run) == outputs(local)
+    traces = [outputs(r.parent / TRACES) for r in (ray_run, local)]
+    assert traces[0] == traces[1] and any(k.startswith("traces/") for k in traces[0])
+    assert recorded(ray_run.parent / TRACES) == recorded(local.parent / TRACES)
     rec_ray, rec_local = recorded(ray_run), recorded(local)
     assert rec_ray == rec_local
     assert set(rec_ray) == {"extract", "train", "encode", "contrast", "patch"}
