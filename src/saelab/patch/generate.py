@@ -130,6 +130,8 @@ def _shared_prefix(
     width = batch.input_ids.shape[1]
     if at not in ("last", "generated", "last+generated") or width < 2:
         return None
+    if not getattr(lm, "kv_cache", True):  # a wrapped module re-runs the whole sequence
+        return None
     if not any(row_edits):
         return None
     keys = [tuple(p) for p in ids]
