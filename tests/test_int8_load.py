@@ -135,3 +135,19 @@ def test_hf_module_paths_capture_and_edit(smol):
     finally:
         h2.remove()
     assert torch.equal(got, want)
+
+
+def test_planned_int8_bytes_are_the_loaded_model_bytes():
+    """ModelShape.weight_bytes('int8') (what plans use) against the real int8 model's
+    tensors, counted once per storage (the tied head shares the embeddings)."""
+    from saelab.models.describe import describe_model
+
+    lm = load_model("default", dtype="int8")
+    seen, total = set(), 0
+    for t in [*lm.model.parameters(), *lm.model.buffers(recurse=True)]:
+        if t.data_ptr() not in seen and t.numel():
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    rotary = sum(b.numel() * b.element_size() for n, b in lm.model.named_buffers() if "rotary" in n)
+    planned = describe_model("default").shape.weight_bytes("int8")
+    assert planned == total - rotary

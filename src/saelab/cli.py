@@ -172,8 +172,22 @@ _CALIBRATE = inspect.Parameter(
 )
 
 
+_TARGET = inspect.Parameter(
+    "target",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    default=None,
+    annotation=Annotated[
+        str | None,
+        typer.Option(
+            help="plan for another machine: t4, colab-free, l4, a100-40g, a100-80g, h100,"
+            " cpu-16g, cpu-8g, or gpu:24GB / cpu:32GB (estimates; README, plan)"
+        ),
+    ],
+)
+
+
 @app.command()
-@_options_of(extract, drop=("overwrite",), add=(_CALIBRATE,))
+@_options_of(extract, drop=("overwrite",), add=(_CALIBRATE, _TARGET))
 def plan(**kw: Any) -> None:
     """Say how much memory, disk and time extract needs, and whether it fits."""
     calibrate = kw.pop("calibrate")

@@ -93,7 +93,7 @@ def load_module_model(source: ModelSource, dtype: str, device: torch.device) -> 
     """Build the model from its factory and wrap it (see the module docstring)."""
     if dtype == "nf4" or (dtype == "int8" and device.type != "cpu"):
         raise SaelabError(
-            f"--dtype {dtype} is for Hugging Face models; a custom module runs in float32,"
+            f"`dtype` {dtype} is for Hugging Face models; a custom module runs in float32,"
             " float16, bfloat16 or (on cpu) int8"
         )
     made = call_factory(source)

@@ -34,7 +34,7 @@ class ModelSource:
 
 def resolve_device(device: str) -> torch.device:
     if device not in DEVICES and not device.startswith("cuda:"):
-        raise SaelabError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+        raise SaelabError(f"`device` {device!r} is not one of {', '.join(DEVICES)}")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -43,20 +43,20 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SaelabError(
-            "--device cuda: no CUDA GPU is visible here; use --device cpu or auto (to plan"
-            " for a GPU machine from this one: saelab plan --target t4|l4|a100-40g|gpu:24GB)"
+            "`device` cuda: no CUDA GPU is visible here; use `device` cpu or auto (to plan for"
+            " a GPU machine from this one, plan with `target` t4, l4, a100-40g, gpu:24GB, ...)"
         )
     if device == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise SaelabError("--device mps: Apple MPS is not available here; use --device cpu")
+        raise SaelabError("`device` mps: Apple MPS is not available here; use `device` cpu")
     return torch.device(device)
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
     """The dtype activations run in (int8 keeps float32 activations; nf4 computes in float16)."""
     if dtype not in DTYPES:
-        raise SaelabError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        raise SaelabError(f"`dtype` {dtype!r} is not one of {', '.join(DTYPES)}")
     return {
         "float32": torch.float32,
         "float16": torch.float16,

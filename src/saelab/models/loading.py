@@ -238,18 +238,21 @@ def load_model(
         kwargs: dict[str, Any] = {"dtype": tdtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        if dev.type == "cuda":
+            # each checkpoint shard goes to the GPU as it is read: the host never holds the
+            # whole model (a Colab T4 box has 12.7 GB of RAM for a 16 GB checkpoint)
+            kwargs["device_map"] = {"": dev.index or 0}
         if dtype in ("int8", "nf4") and dev.type == "cuda":
             kwargs["quantization_config"] = _bitsandbytes(dtype, tdtype)
-            kwargs["device_map"] = {"": dev.index or 0}
         elif dtype in ("int8", "nf4") and dev.type != "cpu":
             where = "cpu and cuda" if dtype == "int8" else "cuda"
             raise SaelabError(
-                f"--dtype {dtype} works on {where}, not on {dev.type}; use float16 or bfloat16"
+                f"`dtype` {dtype} works on {where}, not on {dev.type}; use float16 or bfloat16"
             )
         elif dtype == "nf4":
             raise SaelabError(
-                "--dtype nf4 (4-bit weights) needs a CUDA GPU with bitsandbytes; on cpu use"
-                " --dtype int8"
+                "`dtype` nf4 (4-bit weights) needs a CUDA GPU with bitsandbytes; on cpu use"
+                " `dtype` int8"
             )
         model = None
         if dtype == "int8" and dev.type == "cpu":
@@ -288,8 +291,8 @@ def _bitsandbytes(dtype: str, compute: torch.dtype) -> Any:
         from transformers import BitsAndBytesConfig
     except ImportError as e:
         raise SaelabError(
-            f"--dtype {dtype} on CUDA needs bitsandbytes: pip install bitsandbytes,"
-            " or use --dtype float16/bfloat16"
+            f"`dtype` {dtype} on CUDA needs bitsandbytes: pip install bitsandbytes,"
+            " or use `dtype` float16/bfloat16"
         ) from e
     if dtype == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
