@@ -276,7 +276,7 @@ def demo(
     run_demo(run=run, hooks=hooks, quiet=quiet)
 
 
-from saelab import cli_analysis  # noqa: E402,F401  (registers encode, export, contrast, query)
+from saelab import cli_analysis, cli_cache  # noqa: E402,F401  (encode, export, contrast, query; cache)
 
 
 def main(argv: list[str] | None = None) -> None:
