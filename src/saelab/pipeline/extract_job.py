@@ -213,10 +213,8 @@ def prepare_extract(
             raise SaelabError(f"--limit {o.limit} must be at least 1")
         prompts = prompts.select(range(min(o.limit, len(prompts))))
     info = describe_model(o.model)
-    from saelab.models.adapters import adapter_for
-
-    adapter = adapter_for(info.adapter_config())
-    hooks = parse_hooks(o.hooks, info.shape.n_layers, adapter.hook_for_module_path)
+    adapter = info.adapter()
+    hooks = parse_hooks(o.hooks, info.shape.n_layers, info.hook_for_module_path)
     for h in hooks:
         adapter.site(h, adapter.layers[0])  # e.g. resid_mid of a parallel-residual block
     patterns = [h.name for h in hooks if h.site == "pattern"]

@@ -75,7 +75,9 @@ class PlanResult:
 
 
 def load_tokenizer(job: ExtractJob) -> Any | None:
-    """The tokenizer, when it is cheap to get (a local or cached folder)."""
+    """The tokenizer, when it is cheap to get (a local or cached folder, a custom module's)."""
+    if job.info.loaded is not None:
+        return job.info.loaded.tokenizer
     if job.info.folder is None:
         return None
     from transformers import AutoTokenizer
