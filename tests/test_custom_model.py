@@ -17,7 +17,10 @@ from scipy import stats as sps
 import tests.tiny_custom as tc
 from saelab.errors import SaelabError
 from saelab.models import HookPoint, capture_prompts, hook_widths, load_model, parse_hooks, wrap
+from saelab.models.describe import describe_model
+from saelab.models.int8 import quantize_int8
 from saelab.models.interventions import replace_activations
+from saelab.models.module_shape import ModuleShape
 from saelab.models.tokens import tokenize_prompts
 from saelab.patch.apply import patched
 from saelab.patch.edits import Edit
@@ -355,3 +358,17 @@ def test_tokenizers_without_hugging_face():
     assert char.decode([1, 3, 5, 6, 2], skip_special_tokens=True) == "+ab"
     with pytest.raises(SaelabError, match="not in the model's vocabulary"):
         char("a!")
+
+
+def test_custom_module_shape_for_plans():
+    model = tc.TinyLM()
+    shape = ModuleShape.of(wrap(model, tc.VOCAB))
+    n = sum(p.numel() for p in model.parameters())
+    assert shape.n_params == n and shape.weight_bytes("float32") == 4 * n
+    assert shape.weight_bytes("bfloat16", n_layers=0) == 2 * (n - sum(shape.layer_sizes))
+    q = quantize_int8(tc.TinyLM())  # an independent count: the bytes of a real int8 copy
+    real = sum(t.numel() * t.element_size() for t in [*q.parameters(), *q.buffers()])
+    assert shape.weight_bytes("int8") == real
+    info = describe_model("module:tests.tiny_custom:build")
+    assert info.shape.n_params == n and info.adapter().family == "custom"
+    assert info.hook_for_module_path("encoder.layers.2").name == "blocks.2.hook_resid_post"

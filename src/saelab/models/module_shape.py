@@ -32,6 +32,8 @@ class ModuleShape:
     layer_linear: tuple[int, ...]  # linear-map weights of each block
     layer_rows: tuple[int, ...]  # output rows of those linear maps
     outside: int  # parameters outside the blocks (embeddings, head, norms)
+    outside_linear: int  # linear weights among them (int8 quantises every nn.Linear here)
+    outside_rows: int
     vocab_size: int
     family: str = "custom"
     tied_embeddings: bool = False
@@ -60,6 +62,7 @@ class ModuleShape:
             linear.append(sum(m.weight.numel() for m in lins))
             rows.append(sum(m.out_features for m in lins))
         total = sum(p.numel() for p in module.parameters())
+        all_lins = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
         emb = next((m for m in module.modules() if isinstance(m, torch.nn.Embedding)), None)
         return cls(
             name=lm.name,
@@ -69,6 +72,8 @@ class ModuleShape:
             layer_linear=tuple(linear),
             layer_rows=tuple(rows),
             outside=total - sum(sizes),
+            outside_linear=sum(m.weight.numel() for m in all_lins) - sum(linear),
+            outside_rows=sum(m.out_features for m in all_lins) - sum(rows),
             vocab_size=emb.num_embeddings if emb is not None else 0,
         )
 
@@ -101,9 +106,10 @@ class ModuleShape:
     def weight_bytes(self, dtype: str, n_layers: int | None = None) -> int:
         n = self._n(n_layers)
         params = self.outside + sum(self.layer_sizes[:n])
-        if dtype == "int8":
-            lin = self.linear_params(n)
-            return 4 * (params - lin) + lin + 4 * self.linear_rows(n)
+        if dtype == "int8":  # `quantize_int8` on a module: every nn.Linear, head included
+            lin = self.linear_params(n) + self.outside_linear
+            rows = self.linear_rows(n) + self.outside_rows
+            return 4 * (params - lin) + lin + 4 * rows
         if dtype not in _BYTES:
             raise SaelabError(f"dtype {dtype!r} is not supported for a custom module")
         return _BYTES[dtype] * params
