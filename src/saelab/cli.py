@@ -269,8 +269,10 @@ def demo(
     run_demo(run=run, hooks=hooks, quiet=quiet)
 
 
-from saelab import cli_analysis  # noqa: E402,F401  (registers encode, export, contrast, query)
-from saelab import cli_report  # noqa: E402,F401  (registers inspect, report, export-stats)
+from saelab import (
+    cli_analysis,  # noqa: E402,F401  (registers encode, export, contrast, query)
+    cli_report,  # noqa: E402,F401  (registers inspect, report, export-stats)
+)
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
