@@ -269,10 +269,8 @@ def demo(
     run_demo(run=run, hooks=hooks, quiet=quiet)
 
 
-from saelab import (
-    cli_analysis,  # noqa: E402,F401  (registers encode, export, contrast, query)
-    cli_report,  # noqa: E402,F401  (registers inspect, report, export-stats)
-)
+# registering: encode, export, contrast, query / inspect, report, export-stats
+from saelab import cli_analysis, cli_report  # noqa: E402,F401
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
