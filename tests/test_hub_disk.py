@@ -17,7 +17,13 @@ from saelab.hub.cache_admin import clear_cache, list_cache
 from saelab.hub.disk import disk_report
 from saelab.models.hooks import parse_hooks
 from saelab.sae import SAE, SAEConfig
-from saelab.sae.pretrained import SAESource, expand_saes, load_sae, sae_downloads
+from saelab.sae.pretrained import (
+    SAESource,
+    expand_saes,
+    load_sae,
+    sae_disk_report,
+    sae_downloads,
+)
 from tests import hub_server
 
 hub = hub_server.hub
@@ -162,6 +168,7 @@ def test_disk_report_before_any_work(hub, filled, tmp_path):  # noqa: F811
         evict=True,
     )
     new = hub.requests[n_requests:]
+    new = [(m, p) for m, p in new if "/resolve/" in p]  # (huggingface_hub may ask its /api)
     assert [m for m, _ in new] == ["HEAD", "HEAD"]  # cached files need none; no body fetched
     assert report.reused == 300_000 + len(b'{"d_in": 4}')
     assert report.to_download == 700_000
@@ -194,7 +201,8 @@ def test_sae_sizes_from_headers_refuse_before_any_download(hub, tmp_path):  # no
     report = disk_report(groups, tmp_path, evict=True)
     with pytest.raises(BudgetError, match="max_disk"):
         report.check(max_disk=50_000)  # one layer is ~131 KB
-    assert not any(m == "GET" for m, _ in hub.requests)  # HEAD requests only
+    bodies = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
+    assert not bodies  # HEAD requests only: no file body was fetched
     assert [[h.path for h in g] for g in groups] == [
         ["layer_2/cfg.json", "layer_2/sae_weights.safetensors"],
         ["layer_4/cfg.json", "layer_4/sae_weights.safetensors"],
@@ -205,3 +213,9 @@ def test_sae_sizes_from_headers_refuse_before_any_download(hub, tmp_path):  # no
     loaded = load_sae(sources[0].location, Fetcher(quiet=True))
     assert sorted(p.name for p in loaded.files) == ["cfg.json", "sae_weights.safetensors"]
     assert sae_downloads([SAESource(str(tmp_path))]) == []  # local SAEs download nothing
+    # the one call a stage makes first: refused here, the same sizes reported otherwise
+    with pytest.raises(BudgetError, match="max_disk"):
+        sae_disk_report(sources, tmp_path, max_disk=50_000)
+    ok = sae_disk_report(sources, tmp_path, max_disk=1 * MB)
+    assert ok.reused == on_server[0]  # layer 2 was loaded above: in the cache now
+    assert ok.download_peak == on_server[1] and ok.to_download == on_server[1]

@@ -210,6 +210,39 @@ def sae_downloads(sources: list[SAESource], fetcher: Any | None = None) -> list[
     return groups
 
 
+def sae_disk_report(
+    sources: list[SAESource],
+    target_dir: str | Path,
+    *,
+    max_disk: int | None = None,
+    evict: bool | None = None,
+    writes: int = 0,
+    fetcher: Any | None = None,
+) -> Any:
+    """Before any work (no model loaded, nothing downloaded): the `DiskReport` of every SAE
+    file the sources need, from the cache and HEAD requests; raises BudgetError when a
+    `max_disk` or the free disk cannot hold it. `evict=None` is the Fetcher's automatic
+    mode, which deletes released files when room is needed, so its peak is one SAE's files."""
+    from saelab.hub.disk import disk_report
+
+    fetcher = fetcher or _quiet_fetcher()
+    report = disk_report(
+        sae_downloads(sources, fetcher),
+        target_dir,
+        writes=writes,
+        evict=evict is not False,
+        fetcher=fetcher,
+    )
+    report.check(max_disk)
+    return report
+
+
+def _quiet_fetcher() -> Any:
+    from saelab.hub import Fetcher
+
+    return Fetcher(quiet=True)
+
+
 def _join(base: str, rel: str) -> str:
     return posixpath.normpath(posixpath.join(base, rel)) if base else posixpath.normpath(rel)
 
