@@ -91,7 +91,7 @@ def test_a_full_disk_is_one_line_leaves_no_half_shard_and_resumes_identically(sm
 
 def test_other_writers_name_what_they_wrote(small_fs):
     (small_fs / "filler").write_bytes(b"\0" * (1900 * 1024))
-    w = CodesWriter(small_fs / "run", HOOK, {"d_sae": 64, "positions": "all"})
+    w = CodesWriter(small_fs / "run" / "codes", HOOK, {"d_sae": 64, "positions": "all"})
     n = 40_000
     with pytest.raises(SaelabError, match=r"no space left on device writing codes shard 00003"):
         w.write_shard(3, indptr=np.arange(n + 1), indices=np.zeros(n, np.int64) + 5,

@@ -87,6 +87,6 @@ def test_out_is_written_by_saelab_not_by_sql(run, tmp_path):
     assert pq.read_table(pq_out).to_pydict() == {"feature": [1, 2, 3], "q": [0.01, 0.5, 0.04]}
     with pytest.raises(SaelabError, match="does not exist"):
         run_query(str(run), "SELECT 1", out=str(tmp_path / "nodir" / "x.csv"))
-    with pytest.raises(SaelabError, match=r"\.csv or \.parquet"):
+    with pytest.raises(SaelabError, match=r"\.csv, \.parquet, \.json, \.npz"):
         run_query(str(run), "SELECT 1", out=str(tmp_path / "x.txt"))
     assert not (tmp_path / "nodir").exists()

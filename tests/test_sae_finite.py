@@ -38,7 +38,7 @@ def test_a_finite_sae_still_loads_in_every_format(tmp_path):
 
 
 def _writer(run: Path, values: str = "float32") -> CodesWriter:
-    return CodesWriter(run, HOOK, {"d_sae": 8, "positions": "last", "values": values})
+    return CodesWriter(run / "codes", HOOK, {"d_sae": 8, "positions": "last", "values": values})
 
 
 def _shard(w: CodesWriter, shard: int, values, indices=(1, 2)) -> None:

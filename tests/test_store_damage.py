@@ -168,7 +168,7 @@ def test_trace_store_damage(tmp_path):
 
 
 def _codes(run: Path) -> Path:
-    w = CodesWriter(run, HOOK, {"d_sae": 16, "positions": "last"})
+    w = CodesWriter(run / "codes", HOOK, {"d_sae": 16, "positions": "last"})
     w.write_shard(
         0,
         indptr=np.array([0, 2, 3]),
@@ -206,7 +206,7 @@ def test_damaged_codes_file_is_an_error_naming_it(tmp_path, how):
 def test_a_deleted_codes_shard_is_an_error(tmp_path):
     run = _run(tmp_path)
     f = _codes(run)
-    w = CodesWriter(run, HOOK, {"d_sae": 16, "positions": "last"})
+    w = CodesWriter(run / "codes", HOOK, {"d_sae": 16, "positions": "last"})
     w.write_shard(
         1,
         indptr=np.array([0, 1]),

@@ -61,14 +61,16 @@ def test_verify_finds_a_flip_and_a_deleted_chunk_and_repair_rebuilds_them(
     by_unit = {u.unit: u for u in report.units}
     assert not report.ok
     assert by_unit["shard-00000"].status == DAMAGED
-    assert by_unit["shard-00000"].damaged == [f"activations/shards/00000/{HOOKS[0]}"]
+    # units record each file's hash: the damaged and the missing file are named exactly
+    assert by_unit["shard-00000"].damaged == [f"activations/shards/00000/{HOOKS[0]}/c.1.0"]
     assert by_unit["shard-00001"].status == INTACT
     assert by_unit["shard-00002"].status == MISSING
-    assert by_unit["shard-00002"].missing == [f"activations/shards/00002/{HOOKS[1]}"]
+    assert by_unit["shard-00002"].missing == [f"activations/shards/00002/{HOOKS[1]}/c.0.0"]
     assert report.rebuild() == {"extract": f"saelab extract --run {run}"}
 
     removed = repair(run, report)
-    assert removed == ["activations/shards/00000", "activations/shards/00002"]
+    shards_removed = sorted({"/".join(r.split("/")[:3]) for r in removed})
+    assert shards_removed == ["activations/shards/00000", "activations/shards/00002"]
     stage = RunFolder(run).stage("extract")
     assert set(stage["units"]) == {"shard-00001"} and stage["complete"] is False
     kept = file_digest(shards / "00001" / HOOKS[0] / "c.0.0")
@@ -107,7 +109,7 @@ def test_units_recorded_file_by_file(tmp_path):
 def test_todays_encode_and_train_records_are_read_back(tmp_path):
     run = tmp_path / "run"
     hook = HOOKS[0]
-    w = CodesWriter(run, hook, {"d_sae": 8, "positions": "last"})
+    w = CodesWriter(run / "codes", hook, {"d_sae": 8, "positions": "last"})
     for s in range(2):
         w.write_shard(s, indptr=np.array([0, 1]), indices=np.array([3]),
                       values=np.array([1.0], np.float32), prompt_index=np.array([s]),

@@ -19,6 +19,13 @@ import typer
 
 from saelab.cli_params import DEBUG, QUIET, command
 from saelab.errors import SaelabError
+from saelab.pipeline.cache import (
+    CacheClearConfig,
+    CacheListConfig,
+    plan_cache_clear,
+    run_cache_clear,
+    run_cache_list,
+)
 from saelab.pipeline.contrast import ContrastConfig, run_contrast
 from saelab.pipeline.demo import DemoConfig, run_demo
 from saelab.pipeline.encode import EncodeConfig, describe_encode, run_encode
@@ -99,6 +106,23 @@ COMMANDS: list[tuple[str, type, Any]] = [
 ]
 for _name, _config, _handler in COMMANDS:
     app.command(_name)(command(_config, _handler))
+
+
+def _cache_clear(cfg: CacheClearConfig) -> None:
+    if not plan_cache_clear(cfg):
+        return
+    if not cfg.yes and not typer.confirm("go ahead?", default=False):
+        raise typer.Exit(1)
+    run_cache_clear(cfg)
+
+
+cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="Show and clear the Hugging Face cache (models and SAE releases), blob and link.",
+)
+app.add_typer(cache_app, name="cache")
+cache_app.command("list")(command(CacheListConfig, run_cache_list))
+cache_app.command("clear")(command(CacheClearConfig, _cache_clear))
 
 
 def hoist_global_flags(args: list[str]) -> list[str]:

@@ -145,7 +145,8 @@ def collect_stats(
     }
 
 
-def _json_value(v: Any) -> Any:
+def json_value(v: Any) -> Any:
+    """A numpy scalar as a plain Python value; NaN and infinities (not JSON) as None."""
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -169,7 +170,7 @@ def export_stats(
     path = Path(out) if out else Path(run_path) / "stats" / f"contrast_stats{suffix}.{fmt}"
     feats = d.pop("features")
     if fmt == "json":
-        d["features"] = {k: [_json_value(x) for x in v.tolist()] for k, v in feats.items()}
+        d["features"] = {k: [json_value(x) for x in v.tolist()] for k, v in feats.items()}
         blob = (json.dumps(d, allow_nan=False, separators=(",", ":")) + "\n").encode()
     else:
         layers = d.pop("layers")
@@ -185,7 +186,7 @@ def export_stats(
         arrays["layers/significant_offsets"] = np.cumsum([0] + [len(s) for s in sig]).astype(
             np.int64
         )
-        arrays["meta"] = np.asarray(json.dumps(d, default=_json_value))
+        arrays["meta"] = np.asarray(json.dumps(d, default=json_value))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         blob = buf.getvalue()

@@ -50,10 +50,15 @@ def table_bytes(table: Any, suffix: str) -> bytes:
         import pyarrow.parquet as pq
 
         pq.write_table(table, buf, compression="zstd")
-    elif suffix == ".csv":
-        import pyarrow.csv as pcsv
+    elif suffix == ".csv":  # Python's csv quotes only where needed (as DuckDB and pandas do)
+        import csv
 
-        pcsv.write_csv(table, buf)
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(table.column_names)
+        for batch in table.to_batches():
+            writer.writerows(zip(*(c.to_pylist() for c in batch.columns), strict=True))
+        buf.write(text.getvalue().encode())
     elif suffix == ".json":
         rows = [{k: _finite(v) for k, v in r.items()} for r in table.to_pylist()]
         buf.write((json.dumps(rows, default=str, allow_nan=False) + "\n").encode())

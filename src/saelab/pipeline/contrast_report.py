@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from saelab.atomic import atomic_write_bytes, atomic_write_json
+from saelab.exports.stats import json_value
 from saelab.progress import console, say
 from saelab.run import RunFolder
 from saelab.stats import bh_adjust
@@ -71,7 +72,7 @@ def summarise(
         order = _rank(table, m)
         top = []
         for i in order[: o.top]:
-            top.append({k: _py(table[k][i]) for k in _TOP_KEYS})
+            top.append({k: json_value(table[k][i]) for k in _TOP_KEYS})
         out["hooks"][hook] = {
             "features": int(m.sum()),
             "tested": int(tested.sum()),
@@ -99,14 +100,6 @@ def _rank(table: dict[str, Any], mask: np.ndarray) -> np.ndarray:
     lp = table["log10_p_t"][idx]
     d = np.abs(np.nan_to_num(table["cohen_d"][idx]))
     return idx[np.lexsort((-d, lp))]
-
-
-def _py(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
 
 
 def write_outputs(run: RunFolder, table: dict[str, Any], summary: dict[str, Any]) -> None:

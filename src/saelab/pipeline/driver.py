@@ -50,6 +50,7 @@ def run_stage(stage: Stage[Any], executor: Executor | None = None) -> Any:
 
 def _run(stage: Stage[Any], executor: Executor) -> Any:
     t0 = time.perf_counter()
+    stage.config.budget()  # every stage takes the budget flags: a typo fails before any work
     for dep in stage.requires():
         say(f"[bold]{stage.name}: first {dep.name} (its input)[/bold]", stage.config.quiet)
         run_stage(dep, executor)

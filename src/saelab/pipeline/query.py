@@ -14,15 +14,11 @@ SHOW, SUMMARIZE) are accepted at all; `--out` is written here from the result, n
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from saelab.atomic import atomic_write_bytes
 from saelab.errors import SaelabError
+from saelab.exports.tables import FORMATS, write_table
 from saelab.pipeline.options import RunOptions, option
 from saelab.progress import console
 
@@ -128,31 +124,20 @@ def run_query(run: str, sql: str, out: str | None = None, limit: int = 50) -> in
 
 
 def _write(con: Any, rel: Any, out: Path) -> int:
-    """The result written by pyarrow (DuckDB may not write files: see the module docstring)."""
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise SaelabError(f"--out {out}: use a .csv or .parquet file name")
+    """The result written from Arrow (DuckDB may not write files: see the module docstring),
+    as .csv, .parquet, .json or .npz."""
+    if out.suffix.lower() not in FORMATS:
+        raise SaelabError(f"--out {out}: use a {', '.join(FORMATS)} file name")
     if not out.parent.is_dir():
         raise SaelabError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    table = rel.to_arrow_table()
-    if out.suffix.lower() == ".csv":  # Python's csv quotes only where needed, as DuckDB does
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(table.column_names)
-        for batch in table.to_batches():
-            writer.writerows(zip(*(c.to_pylist() for c in batch.columns), strict=True))
-        data = text.getvalue().encode()
-    else:
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        data = buf.getvalue()
     try:
-        atomic_write_bytes(out, data)
+        n = write_table(rel.to_arrow_table(), out)
     except OSError as e:
         raise SaelabError(
             f"--out {out}: cannot write it ({e.strerror or e}); pick another path"
         ) from e
-    console().print(f"wrote {table.num_rows:,} rows to {out}")
-    return table.num_rows
+    console().print(f"wrote {n:,} rows to {out}")
+    return n
 
 
 def _cell(v: Any) -> str:
