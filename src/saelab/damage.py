@@ -11,7 +11,6 @@ it never imports the run machinery.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,22 +100,3 @@ def check_crc(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) ->
         return None
     got = tensors_crc32c(tensors)
     return None if got == want else f"crc32c {got} of its tensors, recorded {want}"
-
-
-def sorted_metadata(blob: bytes) -> bytes:
-    """A serialized safetensors file with its header metadata in sorted key order.
-
-    safetensors writes the metadata from a Rust HashMap, whose order changes from process to
-    process: a file with two or more metadata keys (the format and `CRC_KEY`) would differ in
-    bytes between two runs of the same save, or between two workers of a cluster."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or len(meta) < 2:
-        return blob
-    ordered = {"__metadata__": dict(sorted(meta.items()))}
-    ordered.update((k, v) for k, v in header.items() if k != "__metadata__")
-    text = json.dumps(ordered, separators=(",", ":")).encode()
-    if len(text) != len(blob[8 : 8 + n].rstrip(b" ")):
-        return blob  # not a pure reordering (escapes written otherwise): keep it as written
-    return blob[:8] + text.ljust(n) + blob[8 + n :]

@@ -34,15 +34,7 @@ import torch
 from torch import nn
 
 from saelab.atomic import atomic_dir
-from saelab.damage import (
-    CRC_KEY,
-    Origin,
-    check_crc,
-    one_line,
-    origin_of,
-    sorted_metadata,
-    tensors_crc32c,
-)
+from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
 from saelab.errors import SaelabError
 from saelab.nospace import disk_space_for
 from saelab.sae.config import ARCHITECTURES as ARCHITECTURES
@@ -214,8 +206,7 @@ class SAE(nn.Module):
             cfg["architecture"] = "standard"  # SAELens's name for the ReLU-L1 SAE
         state = {k: v.cpu() for k, v in self.state_for_file().items()}
         # the checksum lets a flipped byte be caught on load; SAELens ignores the key
-        meta = {"format": "pt", CRC_KEY: tensors_crc32c(state)}
-        weights = sorted_metadata(save(state, metadata=meta))  # the same bytes in any process
+        weights = save(state, metadata={"format": "pt", CRC_KEY: tensors_crc32c(state)})
         blobs = {WEIGHTS_FILE: weights}
         if log_density is not None:
             sparsity = {"sparsity": log_density.detach().float().cpu().contiguous()}
