@@ -38,6 +38,7 @@ from saelab.pipeline.patch import PatchConfig, PatchStage
 from saelab.pipeline.stage import Worker
 from saelab.pipeline.traces import TracesStage
 from saelab.pipeline.train import TrainConfig, TrainStage
+from saelab.progress import WorkerRates
 from saelab.run import RunFolder
 from tests import hub_server
 from tests.cli_errors import cli, one_line
@@ -350,3 +351,18 @@ def test_the_disk_budget_holds_per_node(local, executor, hub, tmp_path):
     assert codes and codes == {k: v for k, v in outputs(ref).items() if k.startswith("codes/")}
     for f in files:  # once for the local run, once for the cluster's one node
         assert hub.body_gets("org/gemma-like-res", f) == 2
+
+
+def test_the_bar_shows_each_workers_rate():
+    """Rates from (worker, size, seconds) records, against a plain sum per worker."""
+    records = [("a", 4, 2.0), ("b", 4, 1.0), ("a", 2, 1.0), ("c", 3, 0.5)]
+    rates = WorkerRates("prompts")
+    assert rates.note() == ""
+    rates.add(*records[0])
+    assert rates.note() == ""  # one worker: the bar's own rate says it all
+    for rec in records[1:]:
+        rates.add(*rec)
+    want = {w: sum(s for v, s, _ in records if v == w) / sum(t for v, _, t in records if v == w)
+            for w in "abc"}  # fmt: skip
+    assert rates.rates() == want
+    assert rates.note() == "3 workers: 6, 4, 2 prompts/s"

@@ -67,7 +67,7 @@ class StageOptions(RunOptions):
         None, "--executor ray: the cluster, auto or HOST:PORT (default: start one here)"
     )
     workers: int | None = option(
-        None, "--executor ray: workers (default: one per free GPU, else one per free CPU)"
+        None, "--executor ray: workers (default: one per GPU of the cluster, else one per CPU)"
     )
 
     def budget(self) -> Budget:
