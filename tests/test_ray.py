@@ -294,6 +294,10 @@ def test_refusals_name_the_flag(cluster, capsys, tmp_path):
     code, err = cli(capsys, "extract", "--run", str(tmp_path / "x"), "--limit", "2",
                     "--executor", "ray", "--workers", "5")  # fmt: skip
     one_line(code, err, "--workers 5", "2 GPUs", "lower --workers to 2")
+    code, err = cli(capsys, "extract", "--run", str(tmp_path / "y"), "--executor", "ray",
+                    "--ray-address", "127.0.0.1:1")  # fmt: skip
+    one_line(code, err, "--ray-address 127.0.0.1:1: nothing answers there", "ray start --head")
+    assert not (tmp_path / "y").exists()
 
 
 def test_without_ray_the_executor_says_how_to_get_it(tmp_path):

@@ -31,6 +31,7 @@ from saelab.pipeline.ray_workers import (
     START_TIMEOUT_S,
     Slot,
     WorkerPool,
+    check_address,
     driver_context,
     import_ray,
 )
@@ -64,6 +65,7 @@ class RayExecutor:
         quiet: bool = False,
     ) -> None:
         import_ray()  # without Ray: the one-line way to get it, before anything runs
+        check_address(address)
         self.pool = WorkerPool(address, workers, quiet)
         self.retries = retries
         self.quiet = quiet

@@ -61,6 +61,23 @@ def import_ray() -> Any:
     return ray
 
 
+def check_address(address: str | None) -> None:
+    """Refuse a HOST:PORT nothing answers at, at once: Ray itself retries for minutes."""
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SaelabError(f"`ray_address` {address!r} is not auto or HOST:PORT, e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise SaelabError(
+            f"`ray_address` {address}: nothing answers there ({e.strerror or e}); start a"
+            " cluster with `ray start --head` and pass the address it prints, or leave"
+            " `ray_address` out to start one on this machine"
+        ) from e
+
+
 class UnitActor:
     """One worker process: its `Worker` cache lives as long as the actor."""
 
