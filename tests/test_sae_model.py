@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +114,24 @@ def test_config_errors():
         SAEConfig(d_in=8, d_sae=50, architecture="topk", k=60)
     with pytest.raises(SaelabError, match="not one of"):
         SAEConfig(d_in=8, d_sae=50, architecture="gated")
+
+
+_SAVE = """
+import sys, torch
+from saelab.sae import SAE, SAEConfig
+sae = SAE(SAEConfig(d_in=4, d_sae=8, architecture="relu"))
+for p in sae.parameters():
+    p.data.copy_(torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape))
+sae.save(sys.argv[1])
+"""
+
+
+def test_the_same_weights_saved_in_two_processes_are_the_same_bytes(tmp_path):
+    """safetensors keeps header metadata in a per-process hash order: saelab sorts it."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    blobs = set()
+    for i in range(4):
+        subprocess.run([sys.executable, "-c", _SAVE, str(tmp_path / str(i))], check=True, env=env)
+        blobs.add((tmp_path / str(i) / "sae_weights.safetensors").read_bytes())
+    assert len(blobs) == 1

@@ -11,6 +11,7 @@ it never imports the run machinery.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,28 @@ def tensors_crc32c(tensors: Mapping[str, Any]) -> str:
         crc = google_crc32c.extend(crc, name.encode())
         crc = google_crc32c.extend(crc, buf)
     return f"{crc:08x}"
+
+
+def stable_header(blob: bytes) -> bytes:
+    """A safetensors file with its header metadata in sorted key order.
+
+    The safetensors library keeps header metadata in a hash map whose order changes from one
+    process to the next, so two writes of the same tensors with two or more metadata keys
+    (`format` and `CRC_KEY`) differ in their bytes: a resumed run, or `saelab verify`, would
+    see another file. Reordering keeps the header's length, so the data offsets hold."""
+    n = int.from_bytes(blob[:8], "little")
+    raw = blob[8 : 8 + n]
+    text = raw.decode("utf-8")
+    header = json.loads(text)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or len(meta) < 2:
+        return blob
+    header["__metadata__"] = dict(sorted(meta.items()))
+    out = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    out = out.ljust(len(text))  # safetensors pads the header with spaces
+    if len(out.encode("utf-8")) != n:  # not the layout expected: leave the file as written
+        return blob
+    return blob[:8] + out.encode("utf-8") + blob[8 + n :]
 
 
 def check_crc(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> str | None:
