@@ -110,3 +110,23 @@ def test_config_errors():
         SAEConfig(d_in=8, d_sae=50, architecture="topk", k=60)
     with pytest.raises(SaelabError, match="not one of"):
         SAEConfig(d_in=8, d_sae=50, architecture="gated")
+
+
+def test_saved_files_are_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders header metadata differently per process; saelab sorts it, so a
+    resumed run's files equal an uninterrupted run's byte for byte."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from saelab.sae import SAE, SAEConfig; torch.manual_seed(0);"
+        "s = SAE(SAEConfig(d_in=8, d_sae=16, architecture='topk', k=2,"
+        " metadata={'hook_name': 'blocks.1.hook_resid_post', 'a': 1, 'b': 2}));"
+        "s.save(sys.argv[1])"
+    )
+    blobs = set()
+    for i in range(4):
+        out = tmp_path / f"s{i}"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
+        blobs.add((out / "sae_weights.safetensors").read_bytes())
+    assert len(blobs) == 1

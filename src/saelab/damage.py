@@ -11,6 +11,8 @@ it never imports the run machinery.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,3 +102,18 @@ def check_crc(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) ->
         return None
     got = tensors_crc32c(tensors)
     return None if got == want else f"crc32c {got} of its tensors, recorded {want}"
+
+
+def stable_header(blob: bytes) -> bytes:
+    """The same safetensors file with its header's keys in sorted order.
+
+    safetensors writes `__metadata__` from a hash map whose order changes from one process to
+    the next, so two runs that store the same tensors and metadata would differ in their
+    header bytes; a resumed run must end byte-identical to an uninterrupted one. Offsets are
+    relative to the data, so only the header is rewritten (padded with spaces to 8 bytes, as
+    safetensors does)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + n :]

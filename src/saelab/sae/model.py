@@ -36,7 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
+from saelab.damage import (
+    CRC_KEY,
+    Origin,
+    check_crc,
+    one_line,
+    origin_of,
+    stable_header,
+    tensors_crc32c,
+)
 from saelab.errors import SaelabError
 from saelab.nospace import disk_space_for
 from saelab.run import atomic_dir
@@ -321,7 +329,9 @@ class SAE(nn.Module):
             cfg["architecture"] = "standard"  # SAELens's name for the ReLU-L1 SAE
         state = {k: v.cpu() for k, v in self.state_for_file().items()}
         # the checksum lets a flipped byte be caught on load; SAELens ignores the key
-        weights = save(state, metadata={"format": "pt", CRC_KEY: tensors_crc32c(state)})
+        weights = stable_header(
+            save(state, metadata={"format": "pt", CRC_KEY: tensors_crc32c(state)})
+        )
         blobs = {WEIGHTS_FILE: weights}
         if log_density is not None:
             sparsity = {"sparsity": log_density.detach().float().cpu().contiguous()}
