@@ -78,6 +78,7 @@ class SaeLensLoop:
         with tempfile.TemporaryDirectory() as tmp:
             sae.save(tmp)
             self.sae = LensSAE.load_from_disk(tmp, device="cpu")
+        self.sae.cfg.metadata.hook_name = BP.HOOK  # SAELens reads it from its own metadata keys
         self.sae.use_error_term = True
         self.model.add_sae(self.sae)
         self.acts = f"{BP.HOOK}.hook_sae_acts_post"
