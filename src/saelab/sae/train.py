@@ -198,7 +198,20 @@ class SAETrainer:
             with torch.no_grad():
                 pre = self._dense_pre(xc.detach())
                 rows, cols = self._select(pre)
-            recon, vals = self._sparse_recon(xc, pre, rows, cols)
+                aux_sel = self._aux_select(pre)
+            if aux_sel is None:
+                recon, vals = self._sparse_recon(xc, pre, rows, cols)
+                aux_recon = None
+            else:  # main and AuxK selections in one call: one sparse product per weight
+                n = x.shape[0]
+                a_rows, a_cols = aux_sel
+                out, v = sparse_recon(
+                    xc, self.W_enc, self.b_enc, self.W_dec, pre,
+                    torch.cat([rows, a_rows]), torch.cat([cols, a_cols]),
+                    bags=torch.cat([rows, a_rows + n]),
+                    bag_rows=torch.arange(n, device=x.device).repeat(2),
+                )  # fmt: skip
+                recon, aux_recon, vals = out[:n], out[n:], v[: len(rows)]
             x_hat = recon + self.b_dec
             mse = (x_hat - x).pow(2).sum(-1).mean()
             fired_rows, fired_cols = rows[vals > 0], cols[vals > 0]
@@ -206,7 +219,8 @@ class SAETrainer:
                 with torch.no_grad():  # smallest kept activation, averaged: the inference threshold
                     m = float(vals.detach().min())
                     st.bdec_threshold = m if st.step == 0 else 0.99 * st.bdec_threshold + 0.01 * m
-            aux = self._aux_loss(pre, x, x_hat.detach(), xc)
+            if aux_recon is not None:
+                aux = self._aux_loss(aux_recon, x, x_hat.detach())
             loss = mse + c.aux_coef * aux
             l0 = float(len(fired_cols)) / x.shape[0]
         else:
@@ -238,7 +252,8 @@ class SAETrainer:
                 self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         with torch.no_grad():
             st.tokens += x.shape[0]
-            st.last_fired[fired_cols.unique()] = st.tokens
+            # repeated ids write the same value: no unique() (a sort) needed
+            st.last_fired.index_fill_(0, fired_cols, st.tokens)
         st.step += 1
         return StepStats(float(loss.detach()), float(mse.detach()), float(aux.detach()), l0, lr)
 
@@ -248,26 +263,26 @@ class SAETrainer:
             return (xc.to(torch.bfloat16) @ w.t()).float() + self.b_enc.detach()
         return torch.addmm(self.b_enc.detach(), xc, self.W_enc.detach().t())
 
-    def _aux_loss(
-        self, pre: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, xc: torch.Tensor
-    ) -> torch.Tensor:
-        """AuxK: the dead latents' top pre-activations reconstruct what the live ones missed."""
+    def _aux_select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """AuxK's (rows, cols): each token's top dead latents (None when none is dead)."""
         dead = self.dead_mask()
         n_dead = int(dead.sum())
-        if n_dead == 0:
-            return torch.zeros((), device=self.device)
+        if n_dead == 0 or not self.cfg.aux_coef:
+            return None
         k = min(self.aux_k, n_dead)
-        with torch.no_grad():
-            # only the dead latents' columns are looked at: with few dead latents (the usual
-            # case) all of them are taken and no top-k over d_sae columns is needed
-            dead_idx = dead.nonzero().squeeze(1)
-            if k == n_dead:
-                idx = dead_idx.expand(x.shape[0], k)
-            else:
-                idx = dead_idx[pre.index_select(1, dead_idx).topk(k, dim=-1).indices]
-            rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)
-            cols = idx.reshape(-1)
-        recon, _ = self._sparse_recon(xc, pre, rows, cols)
+        # only the dead latents' columns are looked at: with few dead latents (the usual
+        # case) all of them are taken and no top-k over d_sae columns is needed
+        dead_idx = dead.nonzero().squeeze(1)
+        if k == n_dead:
+            idx = dead_idx.expand(pre.shape[0], k)
+        else:
+            idx = dead_idx[pre.index_select(1, dead_idx).topk(k, dim=-1).indices]
+        rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
+        return rows, idx.reshape(-1)
+
+    def _aux_loss(self, recon: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """AuxK: the dead latents' top pre-activations reconstruct what the live ones missed
+        (normalised by the residual's variance)."""
         err = x - x_hat
         denom = (err - err.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
         return (recon - err).pow(2).sum(-1).mean() / denom
