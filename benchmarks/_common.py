@@ -239,6 +239,12 @@ def summary_line(name: str, ratio: float, target: str, ok: bool, detail: str = "
     return line + (f"; {detail}" if detail else "")
 
 
+def exit_on(ok: bool) -> None:
+    """A benchmark whose checks or target failed exits non-zero, so scripts notice."""
+    if not ok:
+        raise SystemExit(1)
+
+
 def dump_json(path: str | None, payload: dict[str, Any]) -> None:
     if not path:
         return

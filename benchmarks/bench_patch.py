@@ -214,6 +214,8 @@ def main() -> None:
     subset = [(e, pi) for e in range(b_edits) for pi in range(b_prompts)]
     slices = split(subset, n_batches)
     loop = OneAtATime(lm, sae, n_new, torch)
+    first: dict = {}  # (edit, prompt) -> first answer log-probs of saelab's row
+    applied: dict = {}  # (edit, prompt) -> positions saelab applied the row's edit at
 
     def run_batch(batch) -> dict:
         res = generate_patched(
@@ -224,6 +226,9 @@ def main() -> None:
             max_new_tokens=n_new,
             at="last+generated",
         )
+        for i, key in enumerate(batch):
+            first[key] = res.first_logprobs[i]
+            applied[key] = res.applied[i]
         return {key: ids for key, ids in zip(batch, res.token_ids, strict=True)}
 
     def run_slice(sl) -> dict:
@@ -310,7 +315,35 @@ def main() -> None:
         + (f"; the others first differ at token {sorted(first_diff)}" if first_diff else "")
     )
     print(f"{changed}/{n_edit_rows} edited rows generate something other than the unedited row")
-    ok = speedup >= 8.0
+    # what was timed must have done the work: every edit applied at every position it names
+    # (the last prompt token and each generated token fed back), the two methods' tokens
+    # equal, and every edited row moved off its unedited row's first answer distribution
+    # where the rule says it must: an ablation changes the last prompt token only where the
+    # feature fires there (elsewhere f' - f = 0 and the row is exactly the unedited one)
+    want = n_new  # last prompt token + n_new - 1 generated tokens fed back
+    not_applied = [k for k in rows if k[0] is not None and applied[k] != want]
+    with torch.no_grad():
+        live = sae.encode(acts[:, -1]) > 0  # (prompt, feature) fires at the last prompt token
+    should_move = [k for k in rows if k[0] is not None and bool(live[k[1], feats[k[0]]])]
+    unmoved = [
+        k for k in should_move if float((first[k] - first[(None, k[1])]).abs().max()) <= 1e-6
+    ]
+    print(
+        f"edits applied at all {want} positions in {n_edit_rows - len(not_applied)}/{n_edit_rows}"
+        f" rows; first answer distribution moved in {len(should_move) - len(unmoved)}"
+        f"/{len(should_move)} rows whose feature fires at the last prompt token"
+    )
+    if not should_move:
+        print("FAIL: no edit changes a last prompt token, so nothing shows the edits work")
+    checks = {
+        "every edit applied": not not_applied,
+        "every edited row moved": bool(should_move) and not unmoved,
+        "tokens agree": agree == len(subset),
+    }
+    for what, good in checks.items():
+        if not good:
+            print(f"FAIL: {what}")
+    ok = speedup >= 8.0 and all(checks.values())
     print(C.summary_line(
         "patch sweep batched vs one-at-a-time", speedup, ">= 8x", ok,
         f"{tps['batched']:.0f} vs {tps['one-at-a-time']:.1f} tok/s, sweep {secs['batched']:.0f}"
@@ -324,8 +357,10 @@ def main() -> None:
         "subset": {"edits": b_edits, "prompts": b_prompts},
         "rows": table, "ratios": ratios, "speedup": speedup, "aggregate_ratio": aggregate,
         "agree": agree, "checked": len(subset), "first_diff": first_diff,
-        "edited_rows_changed": changed, "features_per_token": per_tok,
+        "edited_rows_changed": changed, "features_per_token": per_tok, "checks": checks,
+        "edits_not_applied": len(not_applied), "edited_rows_unmoved": len(unmoved),
     })  # fmt: skip
+    C.exit_on(ok)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,19 @@ def test_console_script_runs_as_a_program(tmp_path):
     assert res.returncode == 0
     for cmd in ("plan", "extract", "show", "demo"):
         assert cmd in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["show", "runs/x", "--bogus"], "No such option: --bogus"),
+        (["extract", "--generate", "abc"], "--generate"),
+        (["extract", "--positions"], "requires an argument"),
+        (["nocommand"], "No such command"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(capsys, args, fragment):
+    """typer raises its vendored click's exceptions: still one line, exit 2, no traceback."""
+    code, _, err = cli(capsys, *args)
+    assert code == 2
+    assert_one_line_error(code, err, fragment, "--help")

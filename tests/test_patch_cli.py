@@ -33,21 +33,26 @@ def patch_run(styles_run, tmp_path):  # noqa: F811
 
 def test_sweep_results_summary_and_resume(patch_run):
     run, prompts, saes = patch_run
-    opts = dict(run=str(run), sweep="top:2", values="0,@4", saes=str(saes), prompts=str(prompts),
-                generate=3, targets=" the, a", outcome=["comma=,"], quiet=True)  # fmt: skip
+    opts = dict(run=str(run), sweep="top:2", values="0,@4,@200", saes=str(saes),
+                prompts=str(prompts), generate=3, targets=" the, a", outcome=["comma=,"],
+                quiet=True)  # fmt: skip
     out = run_patch(PatchOptions(**opts))
     res = pq.read_table(run / "patch" / "results.parquet").to_pandas()
-    assert len(res) == (2 * 2 + 1) * 4 and set(res["group"]) == {"formal", "casual"}
+    assert len(res) == (2 * 3 + 1) * 4 and set(res["group"]) == {"formal", "casual"}
     base = res[res["edit"] == "baseline"]
-    assert (base["kl"].abs() < 1e-6).all()
+    assert (base["kl"].abs() < 1e-6).all() and (base["applied"] == 0).all()
+    # every edited row was edited where asked: the last prompt token and the 2 tokens fed back
+    assert (res[res["edit"] != "baseline"]["applied"] == 3).all()
     steer = res[res["edit"].str.contains("@4")]
     assert steer["kl"].mean() > res[res["edit"].str.endswith("=0")]["kl"].mean()
+    # a strong steer moves every row's first answer distribution, in every batch of the sweep
+    assert (res[res["edit"].str.contains("@200")]["kl"] > 0.1).all()
     summ = pq.read_table(run / "patch" / "summary.parquet").to_pandas()
     assert {"all", "formal", "casual"} <= set(summ["group"])
     assert "delta_logp_diff" in summ and "fisher_p[comma]" in summ
     # killed after some edit sets: the missing ones are redone, the rest reused
     parts = sorted((run / "patch" / "parts").glob("*.json"))
-    assert len(parts) == 4
+    assert len(parts) == 6
     parts[0].unlink()
     again = run_patch(PatchOptions(**opts))
     assert [r["text"] for r in again["results"]] == [r["text"] for r in out["results"]]

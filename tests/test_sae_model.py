@@ -101,7 +101,7 @@ def test_loading_errors_name_the_file(tmp_path):
     with pytest.raises(SaelabError, match="no tensor 'b_dec'"):
         SAE.load(miss)
     (miss / "cfg.json").write_text("{not json")
-    with pytest.raises(SaelabError, match="not valid JSON"):
+    with pytest.raises(SaelabError, match="cfg.json is damaged"):
         SAE.load(miss)
 
 

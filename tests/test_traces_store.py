@@ -369,5 +369,6 @@ def test_chunk_reader_reads_what_zarr_reads(tmp_path: Path, dtype, shape, keep_b
         for lo, hi in [(0, shape[0]), (5, 6), (63, 129), (shape[0] - 3, shape[0]), (10, 10)]:
             np.testing.assert_array_equal(reader.rows(lo, hi), z[lo:hi])
     (tmp_path / "g" / "a" / ("c.0.0" if len(shape) == 2 else "c.0")).unlink()
-    # a chunk never written reads as the fill value
-    assert not ChunkReader(tmp_path / "g" / "a").rows(0, 3).any()
+    # a missing chunk is an error naming the file, never the fill value
+    with pytest.raises(SaelabError, match=r"c\.0(\.0)? is damaged \(chunk file missing\)"):
+        ChunkReader(tmp_path / "g" / "a").rows(0, 3)

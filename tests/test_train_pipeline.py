@@ -179,6 +179,9 @@ def test_bad_training_input_gets_one_line_and_leaves_the_run_as_it_was(store_run
         (["--epochs", "0"], ["--epochs 0"]),
         (["--dtype", "float8"], ["--dtype"]),
         (["--batch-size", "100000"], ["fewer than one batch", "--batch-size"]),
+        (["--holdout", "50", "--batch-size", "1024"], ["--holdout 50", "hold out fewer"]),
+        (["--holdout", "abc"], ["holdout", "abc"]),
+        (["--holdout", "1.5"], ["below 1"]),
     ]
     for extra, fragments in cases:
         code, err = cli(capsys, *args, *extra)

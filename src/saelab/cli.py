@@ -6,6 +6,7 @@ traceback. Progress and status go to stderr, results to stdout.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import sys
@@ -221,7 +222,13 @@ def train(
     ] = 3,
     eval_every: Annotated[int | None, typer.Option(help="steps between evaluations")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="steps between checkpoints")] = None,
-    holdout: Annotated[int, typer.Option(help="held-out prompts / windows")] = 32,
+    holdout: Annotated[
+        str,
+        typer.Option(
+            help="held out for evaluation: a fraction of the prompts/windows (at most 32)"
+            " or a whole number of them"
+        ),
+    ] = "0.1",
     stream: Annotated[bool, typer.Option(help="capture from the model over --corpus")] = False,
     corpus: Annotated[
         str | None, typer.Option(help="--stream text: txt/jsonl/parquet file or folder")
@@ -265,13 +272,46 @@ def demo(
     run_demo(run=run, hooks=hooks, quiet=quiet)
 
 
-from saelab import cli_analysis  # noqa: E402,F401  (registers encode, export, contrast, query)
+# registering: encode, export, contrast, query / inspect, report, export-stats
+from saelab import cli_analysis, cli_report  # noqa: E402,F401
+
+
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage-error classes, abort classes) of click and of the copy typer vendors.
+
+    typer 0.2x raises exceptions of its own vendored click (`typer._click`), which are not
+    subclasses of the installed click's: both must be caught, or a typo in an option ends in
+    a traceback.
+    """
+    import click
+
+    usage: list[type] = [click.exceptions.ClickException]
+    abort: list[type] = [click.exceptions.Abort]
+    for mod in ("typer._click.exceptions", "typer.exceptions"):
+        try:
+            vendored = importlib.import_module(mod)
+        except ImportError:
+            continue
+        usage += [c for c in (getattr(vendored, "ClickException", None),) if c]
+        abort += [c for c in (getattr(vendored, "Abort", None),) if c]
+    return tuple(usage), tuple(abort)
+
+
+def _usage_line(e: Exception) -> str:
+    """One line for a usage error: the message and where to find the right spelling."""
+    msg = " ".join(str(e.format_message()).split())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    where = f"`{ctx.command_path} --help`" if ctx is not None else "`saelab --help`"
+    return f"{msg} (see {where})"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: SaelabError -> one line on stderr and a non-zero exit (unless --debug)."""
+    """Entry point: SaelabError -> one line on stderr and a non-zero exit (unless --debug).
+
+    Usage errors (an unknown option, a value of the wrong type) are one line too, exit 2."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("SAELAB_DEBUG") == "1"
+    usage, abort = _click_errors()
     try:
         rc = app(args=args, prog_name="saelab", standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -286,12 +326,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except abort:
+        print("saelab: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except usage as e:
+        if debug:
+            raise
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(2)
+        print(f"saelab: error: {_usage_line(e)}", file=sys.stderr)
+        code = int(getattr(e, "exit_code", 2))
+        sys.exit(code if code else 2)

@@ -24,6 +24,7 @@ from typing import Any
 import tomli_w
 
 from saelab.errors import SaelabError
+from saelab.nospace import disk_space_for
 
 MANIFEST = "manifest.json"
 CONFIG = "run.toml"
@@ -39,21 +40,25 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the new, never half."""
+def atomic_write_bytes(path: Path | str, data: bytes, what: str | None = None) -> None:
+    """Write a file so that readers see either the old content or the new, never half.
+
+    A full disk removes the temporary file and is one SaelabError naming `what` (default:
+    the file's name) and the bytes it needed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with disk_space_for(what or path.name, path.parent, len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     _fsync_dir(path.parent)
 
 

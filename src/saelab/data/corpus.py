@@ -278,6 +278,49 @@ def pack_windows(
     )
 
 
+HOLDOUT_CAP = 32  # a default fraction never holds out more prompts/windows than this
+
+
+def holdout_count(holdout: float | int, n: int, *, cap: int | None = None) -> int:
+    """How many of `n` prompts or windows to hold out: a fraction of them (at most `cap`,
+    e.g. the default's 32), or a whole count as given. Each side keeps at least one item
+    when there are two or more, so evaluation and training always have data."""
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or holdout < 0:
+        raise SaelabError(
+            f"holdout {holdout!r} must be a fraction below 1 (e.g. 0.1) or a whole number"
+        )
+    if isinstance(holdout, float):
+        if holdout >= 1.0:
+            raise SaelabError(
+                f"holdout fraction {holdout!r} must be below 1; pass e.g. 0.1, or a whole number"
+            )
+        k = round(holdout * n)
+        if cap is not None:
+            k = min(k, cap)
+    else:
+        k = int(holdout)
+    if holdout > 0 and n >= 2:
+        k = min(max(k, 1), n - 1)
+    return min(k, n - 1) if n >= 1 else 0
+
+
+def parse_holdout(text: str | float | int) -> float | int:
+    """'0.1' -> 0.1 (a fraction), '32' -> 32 (a count); the CLI's spelling of both."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return text
+    s = str(text).strip()
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        raise SaelabError(
+            f"holdout {text!r} is neither a fraction (0.1) nor a whole number (32)"
+        ) from None
+
+
 def split_windows(
     w: TokenWindows | np.ndarray, holdout: float | int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

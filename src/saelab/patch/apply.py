@@ -12,12 +12,20 @@ scaled back by the token's std, as the SAE's forward does. A steering edit adds 
 without encoding.
 
 Positions are in padded coordinates: prompts are left padded to a width W, so row r's prompt
-occupies [W - len_r, W) and generated token k sits at W + k. Each forward pass of the model's
-decoder stack reads how many positions its KV cache already holds, so cached generation steps
-(which see one new position) and full re-runs (which see them all) edit the same positions.
-`at` picks them: "last" (W - 1), "prompt", "generated" (>= W), "all", or "last+generated"
-(the default: the last prompt token, which produces the first answer token, and every
-generated token). Padding is never edited, and a row with no edits at a hook is not touched.
+occupies [W - len_r, W) and generated token k sits at W + k. saelab counts the positions
+itself: a pre-hook on the first decoder block adds each forward pass's length to a running
+total that starts at 0 (or at the length of a KV cache the caller built and says so), so
+cached generation steps (one new position each) and full re-runs (all of them) edit the same
+positions without reading any argument of transformers' forward passes by name; when a pass
+does carry a KV cache object, its length must equal the count, or the patch stops with an
+error instead of editing the wrong positions. `at` picks positions: "last" (W - 1),
+"prompt", "generated" (>= W), "all", or "last+generated" (the default: the last prompt
+token, which produces the first answer token, and every generated token). Padding is never
+edited, and a row with no edits at a hook is not touched.
+
+Every edit is counted: `PatchSession.applied` holds, per hook and row, at how many positions
+the row's edits were applied, and `PatchSession.check_applied` refuses a row whose edits were
+applied nowhere, so a change in the model library can never turn patching into a silent no-op.
 """
 
 from __future__ import annotations
@@ -151,19 +159,74 @@ def position_mask(
     return m.expand(len(starts), len(positions))
 
 
-class _Offset:
-    """How many (padded) positions the decoder stack's KV cache held at this forward pass."""
+class PositionCounter:
+    """Where each forward pass starts, in padded positions, counted from the passes themselves.
 
-    def __init__(self) -> None:
-        self.value = 0
+    A pre-hook on the first decoder block sees every forward pass exactly once, before any
+    edit site of that pass; it reads the pass's length from the hidden states it receives
+    (the one (rows, n, d_model) tensor), never from a named argument. A KV cache handed to the
+    block (found by type, whatever its argument is called) must hold exactly the positions
+    counted so far: a mismatch means the library reorganised generation, and editing on
+    would hit the wrong positions, so it is an error.
+    """
+
+    def __init__(self, start: int, n_rows: int, d_model: int) -> None:
+        self.start = int(start)
+        self.n_rows = n_rows
+        self.d_model = d_model
+        self.seen = int(start)  # positions run so far, including a cache built beforehand
+        self.value = int(start)  # first position of the pass in progress
+        self.passes = 0
 
     def pre_hook(self, mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("past_key_values")
-        self.value = int(cache.get_seq_length()) if cache is not None else 0
+        hidden = self._hidden(args, kwargs)
+        for v in (*args, *kwargs.values()):
+            held = _cache_length(v)
+            if held is not None and held != self.seen:
+                raise SaelabError(
+                    f"patching: the model's KV cache holds {held} positions but saelab counted"
+                    f" {self.seen}; this transformers version runs generation in a way saelab"
+                    " does not follow yet, so no edit is applied: please report it with the"
+                    " transformers version"
+                )
+        self.value = self.seen
+        self.seen += int(hidden.shape[1])
+        self.passes += 1
+
+    def _hidden(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        for v in (*args, *kwargs.values()):
+            if (
+                isinstance(v, torch.Tensor)
+                and v.dim() == 3
+                and v.shape[0] == self.n_rows
+                and v.shape[-1] == self.d_model
+            ):
+                return v
+        raise SaelabError(
+            f"patching: the first decoder block received no ({self.n_rows}, n, {self.d_model})"
+            " hidden states, so saelab cannot tell which positions a pass covers; no edit is"
+            " applied: please report it with the model and transformers version"
+        )
+
+
+def _cache_length(v: Any) -> int | None:
+    """Positions held by a KV cache object (anything with `get_seq_length`), else None."""
+    get = getattr(v, "get_seq_length", None)
+    if get is None or isinstance(v, torch.Tensor) or not callable(get):
+        return None
+    try:
+        return int(get())
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _edit_fn(
-    he: HookEdits, offset: _Offset, starts: torch.Tensor, width: int, at: str
+    he: HookEdits,
+    offset: PositionCounter,
+    starts: torch.Tensor,
+    width: int,
+    at: str,
+    applied: torch.Tensor,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[0] != he.n_rows:
@@ -173,6 +236,7 @@ def _edit_fn(
             )
         pos = torch.arange(x.shape[1]) + offset.value
         mask = position_mask(pos, starts, width, at) & he.edited[:, None]
+        applied.add_(mask.sum(dim=1))
         if not bool(mask.any()):
             return x
         r, p = mask.nonzero(as_tuple=True)
@@ -186,10 +250,45 @@ def _edit_fn(
     return fn
 
 
-def _stack(model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
-    """The module that runs the decoder layers and receives the KV cache."""
-    parent = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
-    return model.get_submodule(parent) if parent else model
+@dataclass
+class PatchSession:
+    """What a `patched` block did: per hook, at how many positions each row was edited."""
+
+    rows: list[RowEdits]
+    start: int
+    width: int
+    at: str
+    applied: dict[str, torch.Tensor] = field(default_factory=dict)  # hook -> (rows,) counts
+    counter: PositionCounter | None = None
+
+    def applied_per_row(self) -> list[int]:
+        """Positions at which each row's edits were applied (the fewest over its hooks; 0
+        for a row without edits)."""
+        out = []
+        for r in self.rows:
+            counts = [int(self.applied[h][r.row]) for h in sorted(r.hooks)]
+            out.append(min(counts) if counts else 0)
+        return out
+
+    def check_applied(self) -> None:
+        """Refuse a row whose requested edits were applied at no position at all."""
+        for r in self.rows:
+            for hook in sorted(r.hooks):
+                if int(self.applied[hook][r.row]) == 0:
+                    edit = next(e for e in r.edits if e.hook == hook)
+                    passes = self.counter.passes if self.counter is not None else 0
+                    raise SaelabError(
+                        f"edit {edit.spec} (row {r.row}) was applied at no position: it asks"
+                        f" for positions '{self.at}' (prompt padded to {self.width} tokens),"
+                        f" but the model ran {passes} forward passes covering positions"
+                        f" {self.start}-{self.counter.seen - 1 if self.counter else self.start};"
+                        " give more new tokens or another --at"
+                    )
+
+
+def _first_block(model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
+    """The first decoder block: every forward pass runs it exactly once."""
+    return model.get_submodule(f"{layers_path}.0")
 
 
 @contextmanager
@@ -200,13 +299,17 @@ def patched(
     prompt_lengths: Sequence[int],
     at: str = "last+generated",
     left_padded_to: int | None = None,
-) -> Iterator[None]:
+    cached: int = 0,
+) -> Iterator[PatchSession]:
     """While active, every forward pass of `lm.model` applies row i's edits to batch row i.
 
     `rows[i]` are row i's edits (empty: untouched), `prompt_lengths[i]` its prompt's length;
     prompts are left padded to `left_padded_to` (default: the longest prompt), as
-    `make_batch(..., "left")` and HF generation do. Works for full passes with or without a
-    KV cache and for `model.generate`. Hooks are removed on exit.
+    `make_batch(..., "left")` and HF generation do. The first pass inside the block starts at
+    position `cached` (the length of a KV cache the caller built before the block; 0 when
+    the sequence starts inside it). Works for full passes with or without a KV cache and for
+    `model.generate`. Hooks are removed on exit. The yielded session counts the positions
+    each row's edits were applied at (`check_applied` refuses a row edited nowhere).
     """
     if at not in AT:
         raise SaelabError(f"--at {at!r} is not one of {', '.join(AT)}")
@@ -223,6 +326,8 @@ def patched(
             f"prompt lengths {min(lengths)}-{max(lengths)} do not fit a left padding to"
             f" {width}: each prompt needs 1 to {width} tokens"
         )
+    if not 0 <= cached < width:
+        raise SaelabError(f"a KV cache of {cached} positions does not fit prompts of {width}")
     by_hook = saes_by_hook(saes, lm.n_layers)
     row_edits = []
     for i, edits in enumerate(rows):
@@ -231,20 +336,23 @@ def patched(
         check_edits(edits, by_hook)
         row_edits.append(RowEdits(i, edits))
     names = sorted({h for r in row_edits for h in r.hooks})
+    session = PatchSession(row_edits, cached, width, at)
+    if not names:  # nothing to edit: the model runs exactly as it is
+        yield session
+        return
     starts = torch.tensor([width - n for n in lengths])
-    offset = _Offset()
+    counter = PositionCounter(cached, len(row_edits), int(lm.d_model))
+    session.counter = counter
     fns = {}
     for name in names:
         hook = parse_hook(name, lm.n_layers)[0]
         he = HookEdits(hook, by_hook[name], len(row_edits), [r for r in row_edits if r.edits])
-        fns[hook] = _edit_fn(he, offset, starts, width, at)
-    if not fns:  # nothing to edit: the model runs exactly as it is
-        yield
-        return
-    stack = _stack(lm.model, lm.adapter.layers_path(lm.model))
-    handle = stack.register_forward_pre_hook(offset.pre_hook, with_kwargs=True)
+        session.applied[name] = torch.zeros(len(row_edits), dtype=torch.long)
+        fns[hook] = _edit_fn(he, counter, starts, width, at, session.applied[name])
+    block = _first_block(lm.model, lm.adapter.layers_path(lm.model))
+    handle = block.register_forward_pre_hook(counter.pre_hook, with_kwargs=True, prepend=True)
     try:
         with replace_activations(lm.model, lm.adapter, fns):
-            yield
+            yield session
     finally:
         handle.remove()

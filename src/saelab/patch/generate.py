@@ -8,6 +8,7 @@ caller's random state as it was.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ class PatchedGeneration:
     first_logprobs: torch.Tensor  # (rows, vocab) float32 log-softmax at the first answer position
     token_logprobs: list[list[float]] = field(default_factory=list)  # log p of each kept token
     finish: list[str] = field(default_factory=list)  # "eos" | "length" per row
+    applied: list[int] = field(default_factory=list)  # positions each row's edits were applied at
 
 
 def _eos_ids(lm: Any) -> set[int]:
@@ -93,15 +95,22 @@ def generate_patched(
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    _check_reachable(row_edits, at, max_new_tokens)
     cache = _shared_prefix(lm, ids, batch, row_edits, at) if share_prefix else None
+    cached = 0
     if cache is not None:
-        kwargs["past_key_values"] = cache
+        kwargs[_cache_kwarg(lm.model)] = cache
+        cached = batch.input_ids.shape[1] - 1
     devices = [lm.device] if torch.device(lm.device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), patched(lm, saes, row_edits, batch.lengths, at):
+    with (
+        torch.random.fork_rng(devices=devices),
+        patched(lm, saes, row_edits, batch.lengths, at, cached=cached) as session,
+    ):
         torch.manual_seed(seed)
         out = lm.model.generate(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
         )
+    session.check_applied()
     new = out.sequences[:, batch.input_ids.shape[1] :]
     logps = [torch.log_softmax(s.float(), dim=-1) for s in out.logits]  # per step (rows, vocab)
     stops = _eos_ids(lm)
@@ -119,7 +128,28 @@ def generate_patched(
         first_logprobs=logps[0].cpu(),
         token_logprobs=token_lp,
         finish=finish,
+        applied=session.applied_per_row(),
     )
+
+
+def _check_reachable(row_edits: Sequence[Sequence[Edit]], at: str, max_new_tokens: int) -> None:
+    """Refuse, before generating, edits that could never apply: generated token k is fed back
+    (and so edited) only when token k+1 is generated, so with one new token `generated`
+    positions never run through the model."""
+    if at == "generated" and max_new_tokens < 2 and any(row_edits):
+        raise SaelabError(
+            "edits at generated positions need at least 2 new tokens (a generated token is"
+            f" edited when it is fed back to make the next one), not {max_new_tokens}:"
+            " generate more tokens or edit at 'last+generated'"
+        )
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """The name `generate` takes a prepared KV cache under: `cache` from transformers 5.24,
+    `past_key_values` before. Asked of the model's own input preparation, not assumed; a
+    wrong guess cannot go unnoticed, since the position count then disagrees with the cache."""
+    params = inspect.signature(model.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _shared_prefix(
@@ -144,6 +174,6 @@ def _shared_prefix(
     mask = batch.attention_mask.index_select(0, sel)[:, : width - 1]
     position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
     out = lm.model(input_ids=inp, attention_mask=mask, position_ids=position, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
     cache.reorder_cache(idx)
     return cache

@@ -192,6 +192,7 @@ def _records(s: EditSet, ids: list[str], groups: list[Any], gen: Any, sl: slice,
             "text": text,
             "kl": float(kl[i]),
             "label": next((lab for lab, rx in outcomes if rx.search(text)), "other"),
+            "applied": int(gen.applied[sl][i]),  # positions the row's edits were applied at
         }
         for name, tid in targets:
             rec[f"logp[{name}]"] = float(lp[i, tid])

@@ -3,6 +3,13 @@
 Each table is a view over its Parquet file, so DuckDB reads only the columns and row groups a
 query needs. Tables: `prompts` (prompt_index, id, text, group), `contrast` (when `contrast`
 ran), `patch_results` and `patch_summary` (when `patch` ran), and any other RUN/stats/*.parquet.
+
+A query sees the run and nothing else: once the views exist, DuckDB's external access is
+switched off (only the tables' own files stay readable, through `allowed_paths`) and the
+configuration locked, so `read_csv('/etc/passwd')`, `COPY`, `ATTACH`, `INSTALL`/`LOAD` and
+any `SET` that would undo it are refused by DuckDB itself. Because an allowed file could
+still be overwritten by `COPY ... TO` it, only read statements (SELECT, EXPLAIN, DESCRIBE,
+SHOW, SUMMARIZE) are accepted at all; `--out` is written here from the result, not by SQL.
 """
 
 from __future__ import annotations
@@ -37,7 +44,34 @@ def connect(run: Path) -> Any:
         if name == "prompts":  # the row number is the prompt index every other table uses
             src = f"(SELECT row_number() OVER () - 1 AS prompt_index, * FROM {src})"
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {src}')
+    confine(con, list(tables.values()))
     return con
+
+
+def confine(con: Any, readable: list[Path]) -> None:
+    """Only `readable` files stay reachable; nothing can switch external access back on."""
+    paths = ", ".join(f"'{_sql_str(p.resolve())}'" for p in readable)
+    con.execute(f"SET allowed_paths = [{paths}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+_READ_ONLY = ("SELECT", "EXPLAIN")  # DESCRIBE, SHOW and SUMMARIZE parse as SELECT
+
+
+def _check_read_only(sql: str) -> None:
+    import duckdb
+
+    try:
+        kinds = [s.type.name for s in duckdb.extract_statements(sql)]
+    except duckdb.Error as e:
+        raise SaelabError(f"query failed: {str(e).splitlines()[0]}") from e
+    refused = [k for k in kinds if k not in _READ_ONLY]
+    if refused:
+        raise SaelabError(
+            f"query: {refused[0]} statements are refused; a query only reads the run's tables"
+            " (SELECT); save a result with --out FILE"
+        )
 
 
 def _sql_str(p: Path) -> str:
@@ -52,6 +86,7 @@ def run_query(run: str, sql: str, out: str | None = None, limit: int = 50) -> in
     path = Path(run)
     if not path.is_dir():
         raise SaelabError(f"run folder {run} does not exist; check the path")
+    _check_read_only(sql)
     con = connect(path)
     try:
         rel = con.sql(sql)
@@ -79,17 +114,20 @@ def run_query(run: str, sql: str, out: str | None = None, limit: int = 50) -> in
 
 
 def _write(con: Any, rel: Any, out: Path) -> int:
-    from saelab.run import atomic_write_bytes
+    """The result written from Arrow (DuckDB may not write files: see the module docstring),
+    as .csv, .parquet, .json or .npz."""
+    from saelab.exports.tables import FORMATS, write_table
 
-    fmt = {".csv": "CSV, HEADER", ".parquet": "PARQUET"}.get(out.suffix.lower())
-    if fmt is None:
-        raise SaelabError(f"--out {out}: use a .csv or .parquet file name")
-    tmp = out.with_name(f".{out.name}.tmp")
-    n = len(rel)
-    rel.create_view("__result", replace=True)
-    con.execute(f"COPY (SELECT * FROM __result) TO '{_sql_str(tmp)}' (FORMAT {fmt})")
-    atomic_write_bytes(out, tmp.read_bytes())
-    tmp.unlink(missing_ok=True)
+    if out.suffix.lower() not in FORMATS:
+        raise SaelabError(f"--out {out}: use a {', '.join(FORMATS)} file name")
+    if not out.parent.is_dir():
+        raise SaelabError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    try:
+        n = write_table(rel.to_arrow_table(), out)
+    except OSError as e:
+        raise SaelabError(
+            f"--out {out}: cannot write it ({e.strerror or e}); pick another path"
+        ) from e
     console().print(f"wrote {n:,} rows to {out}")
     return n
 

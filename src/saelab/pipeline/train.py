@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from saelab.data.corpus import HOLDOUT_CAP, holdout_count, parse_holdout
 from saelab.errors import SaelabError
 from saelab.models.hooks import HookPoint, parse_hooks
 from saelab.pipeline.train_loop import LoopConfig, progress_dict, run_loop
@@ -56,7 +57,7 @@ class TrainOptions:
     patience: int | None = 3
     eval_every: int | None = None
     checkpoint_every: int | None = None
-    holdout: int = 32  # held-out prompts (store) or windows (stream)
+    holdout: float | int = 0.1  # held out: a fraction (at most 32) or a count of prompts/windows
     stream: bool = False
     corpus: str | None = None  # --stream text; default builtin:stdlib
     model: str = "default"  # --stream model
@@ -112,6 +113,7 @@ def _steps(o: TrainOptions, per_epoch: int) -> int:
 def run_train(o: TrainOptions) -> dict[str, dict[str, Any]]:
     """Train one SAE per hook; return the metrics per hook."""
     run = RunFolder(o.run)
+    o.holdout = parse_holdout(o.holdout)
     if o.batch_size < 1:
         raise SaelabError(f"--batch-size {o.batch_size} must be at least 1")
     if o.stream:
@@ -130,14 +132,12 @@ def _train_store(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
         )
     store = open_activations(run.path)
     hooks = _store_hooks(o.hooks, store.hooks)
+    n_hold = holdout_count(parse_holdout(o.holdout), store.n_prompts, cap=HOLDOUT_CAP)
     results = {}
     for hook in hooks:
-        src = store_source(store, hook, o.batch_size, o.seed, o.holdout)
+        src = store_source(store, hook, o.batch_size, o.seed, n_hold)
         if src.batches_per_epoch == 0:
-            raise SaelabError(
-                f"{hook}: {len(src.rows)} training rows are fewer than one batch"
-                f" ({o.batch_size}); extract more prompts or lower --batch-size"
-            )
+            _too_few_rows(o, hook, len(src.rows), len(src.held_out), n_hold, store.n_prompts)
         total = _steps(o, src.batches_per_epoch)
         cfg = _train_config(o, store.d_model[hook], total)
         data = f"store:{store.n_rows}"
@@ -162,9 +162,25 @@ def _train_store(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
         prog = run_loop(
             {hook: trainer}, batches, {hook: held}, _loop_config(o, total), _ckpt(run, hook)
         )
-        windows = _heldout_windows_from_store(store, o.holdout, o.context)
+        windows = _heldout_windows_from_store(store, n_hold, o.context)
         results[hook] = _finish(o, run, hook, trainer, held, prog[hook], key, windows, None)
     return results
+
+
+def _too_few_rows(
+    o: TrainOptions, hook: str, rows: int, held: int, n_hold: int, n_prompts: int
+) -> None:
+    """Refuse, naming the one option that would make training possible."""
+    msg = f"{hook}: {rows} training rows are fewer than one batch ({o.batch_size})"
+    if rows + held >= o.batch_size and n_hold:
+        raise SaelabError(
+            f"{msg} because --holdout {o.holdout} holds out {n_hold} of {n_prompts} prompts"
+            f" ({held} rows); hold out fewer (e.g. --holdout 0.1) or extract more prompts"
+        )
+    raise SaelabError(
+        f"{msg}, even with nothing held out; lower --batch-size (at most {max(1, rows)})"
+        " or extract more prompts"
+    )
 
 
 def _store_hooks(spec: Any, stored: list[str]) -> list[str]:
@@ -205,7 +221,12 @@ def _train_stream(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
         raise SaelabError(f"--epochs {o.epochs} must be at least 1")
     # --tokens counts training tokens in both modes: a stream reads tokens/epochs of the corpus
     distinct = -(-o.tokens // o.epochs) if o.tokens else STREAM_TOKENS
-    want = distinct + o.holdout * o.context
+    holdout = parse_holdout(o.holdout)
+    if isinstance(holdout, float):  # the windows to read so that the fraction leaves `distinct`
+        extra = min(HOLDOUT_CAP, round(distinct / o.context * holdout / (1 - holdout)))
+        want = distinct + extra * o.context
+    else:
+        want = distinct + holdout * o.context
     say(f"train: reading {corpus} ({want:,} tokens)", o.quiet)
     w = pack_windows(
         iter_texts(corpus, text_column=o.text_column),
@@ -214,7 +235,8 @@ def _train_stream(o: TrainOptions, run: RunFolder) -> dict[str, dict[str, Any]]:
         max_tokens=want,
         source=corpus,
     )
-    train_w, held_w = split_windows(w, o.holdout, seed=o.seed)
+    n_hold = holdout_count(holdout, len(w.windows), cap=HOLDOUT_CAP)
+    train_w, held_w = split_windows(w, n_hold, seed=o.seed)
     src = StreamSource(
         lm,
         hooks,

@@ -25,21 +25,27 @@ exports to this module.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
 from saelab.errors import SaelabError
+from saelab.nospace import disk_space_for
 from saelab.run import atomic_dir
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
+SAES_DIR = "saes"  # a run's trained SAEs: RUN/saes/HOOK
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NORMALIZATIONS = ("none", "layer_norm", "expected_average_only_in", "constant_norm_rescale")
 LN_EPS = 1e-5  # OpenAI's and SAELens's layer-norm epsilon, added to the std (not the variance)
@@ -73,6 +79,18 @@ class SAEConfig:
     has_decoder: bool = True  # False: encoder only (CLT layers); decode raises
 
     def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae", "d_out", "k"):
+            v = getattr(self, name)
+            if v is None and name in ("d_out", "k"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise SaelabError(f"SAE config: {name} is {v!r}, not a whole number")
+            setattr(self, name, int(v))
+        for name in ("architecture", "dtype", "normalize_activations", "reshape_activations"):
+            if not isinstance(getattr(self, name), str):
+                raise SaelabError(f"SAE config: {name} is {getattr(self, name)!r}, not a name")
+        if not isinstance(self.metadata, dict):
+            raise SaelabError(f"SAE config: metadata is {type(self.metadata).__name__}, not a map")
         if self.architecture not in ARCHITECTURES:
             raise SaelabError(
                 f"SAE architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
@@ -127,6 +145,8 @@ class SAEConfig:
         if missing:
             raise SaelabError(f"{source} has no {', '.join(missing)}: not an SAE config")
         kw = {k: v for k, v in d.items() if k in known}
+        if not isinstance(kw.get("metadata") or {}, Mapping):
+            raise SaelabError(f"{source}: metadata is not a map of settings")
         meta = dict(kw.get("metadata") or {})
         for k in ("hook_name", "model_name", "context_size", "prepend_bos"):  # SAELens < 6
             if k in d and k not in meta:
@@ -283,12 +303,13 @@ class SAE(nn.Module):
                     f" (d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.out_width})"
                 )
             full[name] = t
+        check_finite(full, source)
         sae.load_state_dict(full, assign=True)
         return sae
 
     def save(self, folder: Path | str, log_density: torch.Tensor | None = None) -> Path:
         """Write cfg.json + sae_weights.safetensors (+ sparsity.safetensors) atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(folder)
         cfg = self.cfg.to_dict()
@@ -298,18 +319,19 @@ class SAE(nn.Module):
             cfg["metadata"] = {**cfg["metadata"], "trained_as": "batchtopk", "k": self.cfg.k}
         elif self.cfg.architecture == "relu":
             cfg["architecture"] = "standard"  # SAELens's name for the ReLU-L1 SAE
-        with atomic_dir(folder) as tmp:
+        state = {k: v.cpu() for k, v in self.state_for_file().items()}
+        # the checksum lets a flipped byte be caught on load; SAELens ignores the key
+        weights = save(state, metadata={"format": "pt", CRC_KEY: tensors_crc32c(state)})
+        blobs = {WEIGHTS_FILE: weights}
+        if log_density is not None:
+            sparsity = {"sparsity": log_density.detach().float().cpu().contiguous()}
+            blobs[SPARSITY_FILE] = save(sparsity)
+        # bytes written by Python, so a full disk is an OSError that disk_space_for names
+        needed = sum(len(b) for b in blobs.values())
+        with disk_space_for(f"SAE {folder.name}", folder, needed), atomic_dir(folder) as tmp:
             (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-            save_file(
-                {k: v.cpu() for k, v in self.state_for_file().items()},
-                str(tmp / WEIGHTS_FILE),
-                metadata={"format": "pt"},
-            )
-            if log_density is not None:
-                save_file(
-                    {"sparsity": log_density.detach().float().cpu().contiguous()},
-                    str(tmp / SPARSITY_FILE),
-                )
+            for name, blob in blobs.items():
+                (tmp / name).write_bytes(blob)
         return folder
 
     @classmethod
@@ -327,35 +349,88 @@ class SAE(nn.Module):
                     f"SAE folder {folder} has no {p.name}: expected {CFG_FILE} and {WEIGHTS_FILE}"
                     " (SAELens layout)"
                 )
+        origin = _origin(folder)
         try:
             raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise SaelabError(
-                f"{cfg_path} is not valid JSON ({e}); the SAE folder is damaged"
-            ) from e
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or UTF-8
+            raise origin.error(cfg_path, one_line(e)) from e
+        if not isinstance(raw, dict):
+            raise origin.error(cfg_path, f"a JSON {type(raw).__name__}, not an SAE config")
         cfg = SAEConfig.from_dict(raw, str(cfg_path))
         if dtype:
             cfg.dtype = dtype
-        sae = cls(cfg)
-        want = {name: tuple(t.shape) for name, t in sae.state_for_file().items()}
-        with safe_open(str(w_path), framework="pt") as f:
-            keys = set(f.keys())
-            for name, shape in want.items():
-                if name not in keys:
-                    raise SaelabError(f"{w_path} has no tensor {name!r} (has {sorted(keys)})")
-                got = tuple(f.get_slice(name).get_shape())
-                if got != shape and not (name == "threshold" and got in ((), (1,))):
-                    raise SaelabError(
-                        f"{w_path}: {name} has shape {list(got)}, but cfg.json says"
-                        f" d_in={cfg.d_in}, d_sae={cfg.d_sae} (expected {list(shape)})"
-                    )
-            with torch.no_grad():
-                for name in want:
-                    t = f.get_tensor(name)
-                    if name == "threshold" and t.numel() == 1:
-                        t = t.reshape(()).expand(cfg.d_sae)
-                    getattr(sae, name).copy_(t)
+        with torch.device("meta"):  # shapes only: a damaged cfg.json must not allocate
+            want = {name: tuple(t.shape) for name, t in cls(cfg).state_for_file().items()}
+        try:
+            with safe_open(str(w_path), framework="pt") as f:
+                keys = set(f.keys())
+                for name, shape in want.items():
+                    if name not in keys:
+                        raise SaelabError(f"{w_path} has no tensor {name!r} (has {sorted(keys)})")
+                    got = tuple(f.get_slice(name).get_shape())
+                    if got != shape and not (name == "threshold" and got in ((), (1,))):
+                        raise SaelabError(
+                            f"{w_path}: {name} has shape {list(got)}, but cfg.json says"
+                            f" d_in={cfg.d_in}, d_sae={cfg.d_sae} (expected {list(shape)})"
+                        )
+                state = {name: f.get_tensor(name) for name in want}
+                metadata = f.metadata()
+                if metadata and CRC_KEY in metadata:
+                    every = {k: state[k] if k in state else f.get_tensor(k) for k in keys}
+                    wrong = check_crc(every, metadata)
+                    if wrong:
+                        raise origin.error(w_path, wrong)
+        except SaelabError:
+            raise
+        except Exception as e:  # SafetensorError, OSError: safetensors has no common base
+            raise origin.error(w_path, one_line(e)) from e
+        dt = _DTYPES.get(cfg.dtype, torch.float32)
+        for name, t in state.items():
+            if not (t.is_floating_point() or t.dtype == torch.bool):
+                raise SaelabError(f"{w_path}: {name} holds {t.dtype}, not floating-point values")
+            if name == "threshold" and t.numel() == 1:
+                t = t.reshape(()).expand(cfg.d_sae)
+            state[name] = t.to(dt).contiguous()
+        sae = cls.from_state(cfg, state, str(w_path))
         return sae.to(device)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN or infinite weights: such an SAE encodes every token to NaN or to nothing
+    (NaN never passes a gate), which reads as "no feature fired" rather than as damage.
+    Scanned in blocks so a billion-weight SAE needs no second copy as booleans."""
+    step = 1 << 24
+    for name, t in state.items():
+        if not t.is_floating_point():
+            continue
+        flat = t.detach().reshape(-1)
+        # a float64 sum is finite exactly when every value is (no sum of float32 weights
+        # overflows it), and costs a fraction of isfinite, which is slow on some CPU builds
+        blocks = range(0, flat.numel(), step)
+        if all(math.isfinite(_sum64(flat[i : i + step])) for i in blocks):
+            continue
+        bad = sum(int((~torch.isfinite(flat[i : i + step])).sum()) for i in blocks)
+        if bad:
+            raise SaelabError(
+                f"{source}: {name} holds {bad:,} NaN or infinite values of {flat.numel():,}; the"
+                " SAE file is damaged or came from a diverged training run: use another SAE"
+            )
+
+
+def _sum64(t: torch.Tensor) -> float:
+    """A float64 sum through numpy where it can (torch's threaded reductions of small
+    tensors cost milliseconds on a busy machine); bfloat16 goes through torch."""
+    if t.device.type == "cpu" and t.dtype in (torch.float16, torch.float32, torch.float64):
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN: reported
+            return float(t.numpy().sum(dtype=np.float64))
+    return float(t.double().sum())
+
+
+def _origin(folder: Path) -> Origin:
+    """A run's trained SAE (RUN/saes/HOOK) comes from `saelab train`; any other folder was
+    downloaded or copied, and is fetched again rather than rebuilt."""
+    origin = origin_of(folder, SAES_DIR, "train", depth=2)
+    return Origin("train", origin.run, "delete it and fetch (or train) it again")
 
 
 def load_log_density(folder: Path | str) -> torch.Tensor | None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from saelab.damage import one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.store.codecs import (
     check_dtype,
@@ -71,8 +72,8 @@ def read_root_meta(root: Path) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(path.read_text()).get("attributes", {}).get("saelab")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise SaelabError(f"{path} is not valid zarr metadata ({e}); use another run folder") from e
+    except (OSError, ValueError, AttributeError) as e:  # ValueError: bad JSON or UTF-8
+        raise origin_of(root, STORE_DIR, "extract").error(path, one_line(e)) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SaelabError(f"{root} is not a saelab activation store; use another run folder")
     if meta.get("version", 0) > VERSION:
@@ -184,4 +185,12 @@ class ActivationWriter:
                 keep,
             )
         attrs = {"n_prompts": n_prompts, "n_rows": n_rows, "n_tokens": n_tokens}
-        return write_shard_group(final, arrays, attrs=attrs, base=self.root)
+        size = n_rows * sum(self.d_model.values()) * self._dt.itemsize + 12 * n_tokens
+        return write_shard_group(
+            final,
+            arrays,
+            attrs=attrs,
+            base=self.root,
+            what=f"activation shard {final.name}",
+            size_hint=size,
+        )

@@ -8,6 +8,11 @@ metadata is still created by zarr (`zarr.json`, so readers see a normal array); 
 only produces the chunk files, with exactly the bytes zarr's codec pipeline would produce
 (BitRound filter, little-endian bytes, byte shuffle, zstd), which a test checks byte for byte
 against zarr itself.
+
+Every chunk ends with zarr v3's `crc32c` codec (4 bytes: the CRC-32C of the zstd frame), so a
+flipped byte is caught when the chunk is read instead of decoding to a wrong value; stores
+written before it (no `crc32c` in their codec chain) read as before. `ChunkReader` never
+returns fill values for a chunk file that is missing: the writers always write every chunk.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import google_crc32c  # a dependency of zarr 3 (its crc32c codec)
 import numpy as np
 import zarr
 from numcodecs import BitRound, Shuffle, Zstd
 
+from saelab.damage import Origin, one_line
 from saelab.store.codecs import quiet_numcodecs
 
 
@@ -31,20 +39,29 @@ def shuffle_bytes(buf: np.ndarray, itemsize: int) -> bytes:
     return np.ascontiguousarray(raw.T).tobytes()
 
 
+def crc32c_tail(payload: bytes | np.ndarray) -> bytes:
+    """zarr's `crc32c` codec: the CRC-32C of the bytes before it, 4 bytes little-endian."""
+    return int(google_crc32c.value(payload)).to_bytes(4, "little")
+
+
 class ChunkEncoder:
     """The store's codec chain, as plain function calls."""
 
-    def __init__(self, itemsize: int, zstd_level: int, keep_bits: int | None = None):
+    def __init__(
+        self, itemsize: int, zstd_level: int, keep_bits: int | None = None, checksum: bool = True
+    ):
         self.itemsize = itemsize
         self.zstd = Zstd(level=zstd_level, checksum=False)
         self.bitround = None if keep_bits is None else BitRound(keepbits=keep_bits)
+        self.checksum = checksum
 
     def encode(self, chunk: np.ndarray) -> bytes:
         a = chunk
         if self.bitround is not None:
             a = np.asarray(self.bitround.encode(a)).reshape(chunk.shape)
         little = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        return self.zstd.encode(shuffle_bytes(little, self.itemsize))
+        payload = self.zstd.encode(shuffle_bytes(little, self.itemsize))
+        return payload + crc32c_tail(payload) if self.checksum else payload
 
 
 #: Chunk keys `c.0.0` instead of zarr's default `c/0/0`: a folder per chunk cost a mkdir
@@ -103,6 +120,16 @@ def write_chunks(
 
 _CHAIN = ["bytes", "numcodecs.shuffle", "zstd"]
 _KEY_CHOICES = [{"name": "default", "configuration": {"separator": sep}} for sep in ("/", ".")]
+_METADATA_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads shared by every reader for multi-chunk reads (zstd and CRC release the GIL)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 4)))
+    return _POOL
 
 
 class ChunkReader:
@@ -111,59 +138,159 @@ class ChunkReader:
     The mirror of `write_chunks`, for random access: zarr-python spends ~2 ms per read on its
     async pipeline, several times the decoding of a 256-512 KiB chunk, which made one trace
     of a few hooks cost tens of ms. Only the chain this package writes ([bitround] + little-
-    endian bytes + shuffle + zstd, default chunk keys, chunks spanning full rows) is read
-    directly; any other array is read through zarr, so correctness never depends on the
-    shortcut (a test checks both agree).
+    endian bytes + shuffle + zstd [+ crc32c], default chunk keys, chunks spanning full rows)
+    is read directly; any other array is read through zarr, so correctness never depends on
+    the shortcut (a test checks both agree).
+
+    Nothing damaged is ever returned as data: a missing chunk file, a CRC mismatch, a frame
+    that does not decode or decodes to the wrong size, and unreadable metadata all raise
+    `origin.error`, one line naming the file (zarr would fill a missing chunk with zeros).
     """
 
-    def __init__(self, array_dir: Path) -> None:
+    def __init__(self, array_dir: Path, origin: Origin | None = None) -> None:
         self.path = Path(array_dir)
-        meta = json.loads((self.path / "zarr.json").read_text())
-        self.shape: tuple[int, ...] = tuple(meta["shape"])
-        self.dtype = np.dtype(meta["data_type"])
-        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
-        self.chunk_rows: int = int(chunks[0])
-        names = [c["name"] for c in meta["codecs"]]
+        self.origin = origin or Origin("extract")
+        meta_path = self.path / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            self.shape: tuple[int, ...] = tuple(int(n) for n in meta["shape"])
+            self.dtype = np.dtype(meta["data_type"])
+            chunks = [int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+            self.chunk_rows: int = chunks[0]
+            names = [c["name"] for c in meta["codecs"]]
+            cfg = {c["name"]: c.get("configuration", {}) for c in meta["codecs"]}
+            key_encoding = meta["chunk_key_encoding"]
+        except FileNotFoundError as e:
+            raise self.origin.error(meta_path, "file missing") from e
+        except _METADATA_ERRORS as e:  # not JSON, not UTF-8, a field missing or mistyped
+            raise self.origin.error(meta_path, one_line(e)) from e
+        if (
+            not self.shape
+            or min(self.shape) < 0
+            or len(chunks) != len(self.shape)
+            or min(chunks) < 1
+        ):
+            raise self.origin.error(meta_path, f"shape {self.shape}, chunks {chunks}")
+        self._chunks = chunks
+        self._key_encoding = key_encoding
         if names and names[0] == "numcodecs.bitround":  # decoding BitRound is the identity
             names = names[1:]
-        cfg = {c["name"]: c.get("configuration", {}) for c in meta["codecs"]}
-        self._zarr = None
-        if not (
-            names == _CHAIN
-            and cfg["bytes"].get("endian", "little") == "little"
-            and meta["chunk_grid"]["name"] == "regular"
-            and list(chunks[1:]) == list(self.shape[1:])
-            and meta["chunk_key_encoding"] in _KEY_CHOICES
-        ):
-            with quiet_numcodecs():
-                self._zarr = zarr.open_array(store=str(self.path), mode="r", zarr_format=3)
-            return
-        self._fill = meta.get("fill_value") or 0
-        self._zstd = Zstd()
-        self._shuffle = Shuffle(elementsize=int(cfg["numcodecs.shuffle"]["elementsize"]))
-        self._sep = meta["chunk_key_encoding"]["configuration"]["separator"]
-        self._tail = f"{self._sep}0" * (len(self.shape) - 1)
-
-    def _chunk(self, c: int) -> np.ndarray:
-        row = self.shape[1:]
+        self._crc = bool(names) and names[-1] == "crc32c"
+        if self._crc:
+            names = names[:-1]
+        self._zarr: Any = None
         try:
-            payload = (self.path / f"c{self._sep}{c}{self._tail}").read_bytes()
-        except FileNotFoundError:  # never written (only possible with write_empty_chunks off)
-            return np.full((self.chunk_rows, *row), self._fill, dtype=self.dtype)
-        raw = self._shuffle.decode(self._zstd.decode(payload))
-        return np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).reshape(-1, *row)
+            plain = (
+                names == _CHAIN
+                and cfg["bytes"].get("endian", "little") == "little"
+                and meta["chunk_grid"]["name"] == "regular"
+                and list(chunks[1:]) == list(self.shape[1:])
+                and key_encoding in _KEY_CHOICES
+            )
+        except _METADATA_ERRORS as e:
+            raise self.origin.error(meta_path, one_line(e)) from e
+        if not plain:
+            try:
+                with quiet_numcodecs():
+                    self._zarr = zarr.open_array(store=str(self.path), mode="r", zarr_format=3)
+            except Exception as e:  # zarr raises many types for metadata it cannot use
+                raise self.origin.error(meta_path, one_line(e)) from e
+            return
+        self._zstd = Zstd()
+        try:
+            self._shuffle = Shuffle(elementsize=int(cfg["numcodecs.shuffle"]["elementsize"]))
+        except _METADATA_ERRORS as e:
+            raise self.origin.error(meta_path, one_line(e)) from e
+        self._sep = key_encoding["configuration"]["separator"]
+        self._tail = f"{self._sep}0" * (len(self.shape) - 1)
+        self._row = self.shape[1:]
+        self._chunk_values = self.chunk_rows * int(np.prod(self._row, dtype=np.int64))
 
+    # -- direct decoding ---------------------------------------------------------------------
+    def _chunk(self, c: int) -> np.ndarray:
+        path = self.path / f"c{self._sep}{c}{self._tail}"
+        try:
+            payload: bytes | np.ndarray = path.read_bytes()
+        except FileNotFoundError as e:
+            raise self.origin.error(path, "chunk file missing") from e
+        except OSError as e:
+            raise self.origin.error(path, one_line(e)) from e
+        if self._crc:
+            view = np.frombuffer(payload, dtype=np.uint8)  # no copy
+            if len(view) < 4 or crc32c_tail(view[:-4]) != view[-4:].tobytes():
+                raise self.origin.error(path, "crc32c checksum mismatch")
+            payload = view[:-4]
+        try:
+            raw = self._shuffle.decode(self._zstd.decode(payload))
+            arr = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
+        except Exception as e:  # zstd, shuffle and numpy each raise their own types
+            raise self.origin.error(path, one_line(e)) from e
+        if arr.size != self._chunk_values:
+            raise self.origin.error(
+                path, f"decodes to {arr.size} values where a chunk holds {self._chunk_values}"
+            )
+        return arr.reshape(-1, *self._row)
+
+    def _decoded(self, ids: list[int]) -> list[np.ndarray]:
+        if len(ids) < 4:
+            return [self._chunk(c) for c in ids]
+        return list(_pool().map(self._chunk, ids))
+
+    # -- the zarr fallback -------------------------------------------------------------------
+    def _require_chunks(self, lo: int, hi: int) -> None:
+        """Every chunk file holding rows lo:hi exists (zarr would read a missing one as fill)."""
+        enc = self._key_encoding
+        name = enc.get("name", "default")
+        sep = enc.get("configuration", {}).get("separator", "/" if name == "default" else ".")
+        rest = [range(-(-n // c)) for n, c in zip(self.shape[1:], self._chunks[1:], strict=True)]
+        for c in range(lo // self.chunk_rows, -(-hi // self.chunk_rows)):
+            for other in np.ndindex(*[len(r) for r in rest]):
+                parts = [str(c), *map(str, other)]
+                key = ("c" + sep if name == "default" else "") + sep.join(parts)
+                if not (self.path / key).is_file():
+                    raise self.origin.error(self.path / key, "chunk file missing")
+
+    def _zarr_read(self, fn: Any, lo: int, hi: int) -> np.ndarray:
+        self._require_chunks(lo, hi)
+        try:
+            with quiet_numcodecs():
+                return np.asarray(fn())
+        except Exception as e:  # a checksum, codec or size error from zarr's pipeline
+            raise self.origin.error(self.path, one_line(e)) from e
+
+    # -- reading -----------------------------------------------------------------------------
     def rows(self, lo: int, hi: int) -> np.ndarray:
         """Rows lo:hi (0 <= lo <= hi <= shape[0]), a fresh array in the stored dtype."""
         hi = min(hi, self.shape[0])
-        if self._zarr is not None:
-            with quiet_numcodecs():
-                return np.asarray(self._zarr[lo:hi])
-        r = self.chunk_rows
-        parts = [
-            self._chunk(c)[max(lo - c * r, 0) : hi - c * r] for c in range(lo // r, -(-hi // r))
-        ]
-        if not parts:
+        if hi <= lo:
             return np.zeros((0, *self.shape[1:]), dtype=self.dtype)
+        if self._zarr is not None:
+            z = self._zarr
+            return self._zarr_read(lambda: z[lo:hi], lo, hi)
+        r = self.chunk_rows
+        ids = list(range(lo // r, -(-hi // r)))
+        parts = [
+            chunk[max(lo - c * r, 0) : hi - c * r]
+            for c, chunk in zip(ids, self._decoded(ids), strict=True)
+        ]
         out = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
         return out.astype(self.dtype, copy=False)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows at sorted, unique, in-range indices `idx` (each chunk decoded once)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if not idx.size:
+            return np.zeros((0, *self.shape[1:]), dtype=self.dtype)
+        if self._zarr is not None:
+            z = self._zarr
+            sel = (idx, *[slice(None)] * (len(self.shape) - 1))
+            return self._zarr_read(
+                lambda: z.get_orthogonal_selection(sel), int(idx[0]), int(idx[-1]) + 1
+            )
+        owner = idx // self.chunk_rows
+        ids = [int(c) for c in np.unique(owner)]
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        for c, chunk in zip(ids, self._decoded(ids), strict=True):
+            sel = np.flatnonzero(owner == c)
+            out[sel] = chunk[idx[sel] - c * self.chunk_rows]
+        return out

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from saelab.errors import SaelabError
 
@@ -99,10 +99,12 @@ def check_keep_bits(keep_bits: int | None, dt: StoreDType) -> int | None:
 
 
 def compressors(itemsize: int) -> list[Any]:
-    """Byte-shuffle then zstd: the shuffle groups the low-entropy exponent bytes together."""
+    """Byte-shuffle then zstd: the shuffle groups the low-entropy exponent bytes together;
+    then zarr's crc32c, 4 bytes per chunk that catch a damaged file on read (see
+    benchmarks/bench_checksum.py for what it costs)."""
     shuffle_cls, _ = _numcodecs_classes()
     with quiet_numcodecs():
-        return [shuffle_cls(elementsize=itemsize), ZstdCodec(level=ZSTD_LEVEL)]
+        return [shuffle_cls(elementsize=itemsize), ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec()]
 
 
 def filters(dt: StoreDType, keep_bits: int | None) -> list[Any] | None:

@@ -9,6 +9,12 @@ A shard file is written whole and renamed into place, so a killed `encode` leave
 shards and resumes at the first missing (hook, shard). Feature ids in `indices` are the SAE's
 own ids even when only some features are kept, so they match dashboards and papers. Indices
 are uint16 when d_sae fits (<= 65,536 features): a third of int64's bytes.
+
+Each file's header metadata holds a CRC-32C of its tensors (`saelab.damage.CRC_KEY`), so a
+flipped byte is caught when the values are read; reading also checks what a damaged file
+would break (a header that does not parse, arrays missing or mis-sized, offsets out of
+order, feature ids past d_sae, values that are not finite) and turns it into one line naming
+the file and `saelab encode`. Files written before the checksum read as before.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
 from saelab.errors import SaelabError
+from saelab.progress import say
 from saelab.run import atomic_write_bytes, atomic_write_json
 
 CODES_DIR = "codes"
@@ -51,6 +59,7 @@ class CodesWriter:
     meta: dict[str, Any]
 
     def __post_init__(self) -> None:
+        self._warned_empty = False  # an SAE that fires on nothing is said once per hook
         self.dir = hook_dir(self.run, self.hook)
         meta = {"format": FORMAT, "version": VERSION, "hook": self.hook, **self.meta}
         old = read_meta(self.dir)
@@ -89,17 +98,36 @@ class CodesWriter:
         d_sae = int(self.meta["d_sae"])
         if len(indices) and int(indices.max()) >= d_sae:
             raise ValueError(f"feature id {int(indices.max())} >= d_sae {d_sae}")
-        blob = save(
-            {
-                "indptr": np.ascontiguousarray(indptr, dtype=np.int64),
-                "indices": np.ascontiguousarray(indices, dtype=index_dtype(d_sae)),
-                "values": np.ascontiguousarray(values, dtype=self.meta.get("values", "float32")),
-                "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
-                "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
-            }
-        )
-        atomic_write_bytes(self.dir / _shard_file(shard), blob)
+        with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+            stored = np.ascontiguousarray(values, dtype=self.meta.get("values", "float32"))
+        if not np.isfinite(stored).all():
+            bad = int((~np.isfinite(stored)).sum())
+            raise SaelabError(
+                f"codes of {self.hook} (shard {shard}) hold {bad} NaN or infinite values (after"
+                f" storing as {stored.dtype}); check the SAE and the activations it encodes"
+            )
+        rows = len(indptr) - 1
+        if rows > 0 and not len(stored) and not self._warned_empty:
+            self._warned_empty = True
+            say(
+                f"[yellow]warning[/yellow]: the codes of {self.hook} (shard {shard}) are all"
+                f" empty: no feature fired on {rows} rows; the SAE may not fit these"
+                " activations (another hook, model or scaling)"
+            )
+        tensors = {
+            "indptr": np.ascontiguousarray(indptr, dtype=np.int64),
+            "indices": np.ascontiguousarray(indices, dtype=index_dtype(d_sae)),
+            "values": stored,
+            "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
+            "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
+        }
+        blob = save(tensors, metadata={CRC_KEY: tensors_crc32c(tensors)})
+        atomic_write_bytes(self.dir / _shard_file(shard), blob, f"codes shard {shard:05d}")
         return len(blob)
+
+
+def codes_origin(folder: Path) -> Origin:
+    return origin_of(folder, CODES_DIR, "encode", depth=2)
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:
@@ -107,9 +135,86 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SaelabError(f"{p} is damaged ({e}); encode again with --overwrite") from e
+        meta = json.loads(p.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        if meta.get("format", FORMAT) != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, not {FORMAT}")
+        int(meta["d_sae"]), str(meta["hook"]), str(meta["positions"])
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or UTF-8
+        raise codes_origin(folder).error(p, one_line(e)) from e
+    return meta
+
+
+_PARTS = {
+    "indptr": ("int64",),
+    "indices": ("uint16", "uint32"),
+    "values": ("float16", "float32"),
+    "prompt_index": ("int64",),
+    "row_offsets": ("int64",),
+}
+
+
+def _check_index(path: Path, part: dict[str, np.ndarray], n_rows: int, origin: Origin) -> None:
+    """prompt_index and row_offsets agree with each other and with `n_rows`."""
+    ro, pi = part["row_offsets"], part["prompt_index"]
+    if not (
+        len(ro) == len(pi) + 1
+        and ro[0] == 0
+        and ro[-1] == n_rows
+        and bool((np.diff(ro) >= 0).all())
+        and (not len(pi) or int(pi.min()) >= 0)
+    ):
+        raise origin.error(path, f"row_offsets do not cover {n_rows} rows of {len(pi)} prompts")
+
+
+def read_part(path: Path, d_sae: int, origin: Origin | None = None) -> dict[str, np.ndarray]:
+    """One shard file's arrays, every invariant checked (see the module docstring)."""
+    from safetensors import safe_open
+
+    origin = origin or codes_origin(path.parent)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            part = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata()
+    except Exception as e:  # SafetensorError, OSError: safetensors has no common base
+        raise origin.error(path, one_line(e)) from e
+    wrong = check_crc(part, metadata)
+    if wrong:
+        raise origin.error(path, wrong)
+    for name, dtypes in _PARTS.items():
+        a = part.get(name)
+        if a is None or a.ndim != 1 or a.dtype.name not in dtypes:
+            got = "missing" if a is None else f"{a.dtype.name} {list(a.shape)}"
+            raise origin.error(path, f"{name} is {got}, expected 1-D {' or '.join(dtypes)}")
+    ip, idx, vals = part["indptr"], part["indices"], part["values"]
+    if not (
+        len(ip) >= 1
+        and ip[0] == 0
+        and ip[-1] == len(idx) == len(vals)
+        and bool((np.diff(ip) >= 0).all())
+    ):
+        raise origin.error(path, f"indptr does not index {len(idx)} codes")
+    if len(idx) and int(idx.max()) >= d_sae:
+        raise origin.error(path, f"feature id {int(idx.max())} >= d_sae {d_sae}")
+    if not np.isfinite(vals).all():
+        raise origin.error(path, "values that are NaN or infinite")
+    _check_index(path, part, len(ip) - 1, origin)
+    return part
+
+
+def expected_shards(folder: Path, present: list[int]) -> list[int]:
+    """The shards a hook's codes must have: one per shard of the run's activation store
+    (encode writes codes shard by shard of it), else every number up to the last present.
+    Without this a deleted codes file would just make a hook's codes shorter."""
+    store_shards = folder.parent.parent / "activations" / "shards"
+    if store_shards.is_dir():
+        return [
+            int(p.name)
+            for p in store_shards.iterdir()
+            if p.name.isdigit() and (p / "zarr.json").is_file()
+        ]
+    return list(range(max(present) + 1)) if present else []
 
 
 class HookCodes:
@@ -120,15 +225,35 @@ class HookCodes:
 
         self.folder = folder
         self.meta = meta
+        self.origin = codes_origin(folder)
         self.hook: str = meta["hook"]
         self.d_sae: int = int(meta["d_sae"])
         self.positions: str = meta["positions"]
         self.features: list[int] | None = meta.get("features")
-        self.shards = sorted(int(p.name.split(".")[0]) for p in folder.glob("*.safetensors"))
+        self.shards = sorted(
+            int(p.name.split(".")[0])
+            for p in folder.glob("*.safetensors")
+            if p.name.split(".")[0].isdigit()
+        )
+        missing = sorted(set(expected_shards(folder, self.shards)) - set(self.shards))
+        if missing:
+            raise self.origin.error(
+                folder / _shard_file(missing[0]),
+                f"file missing: {len(missing)} of the codes shards of the activation store",
+            )
         offs, pidx, start = [np.zeros(1, np.int64)], [], 0
         for sh in self.shards:  # only the small index arrays; values are read per shard
-            with safe_open(str(folder / _shard_file(sh)), framework="numpy") as f:
-                ro, pi = f.get_tensor("row_offsets"), f.get_tensor("prompt_index")
+            path = folder / _shard_file(sh)
+            try:
+                with safe_open(str(path), framework="numpy") as f:
+                    part = {k: f.get_tensor(k) for k in ("row_offsets", "prompt_index")}
+                    rows = int(f.get_slice("indptr").get_shape()[0]) - 1
+            except Exception as e:  # SafetensorError, OSError, a tensor missing
+                raise self.origin.error(path, one_line(e)) from e
+            if any(a.ndim != 1 or a.dtype != np.int64 for a in part.values()):
+                raise self.origin.error(path, "row_offsets or prompt_index is not 1-D int64")
+            _check_index(path, part, rows, self.origin)
+            ro, pi = part["row_offsets"], part["prompt_index"]
             offs.append(ro[1:] + start)
             pidx.append(pi)
             start += int(ro[-1])
@@ -140,10 +265,8 @@ class HookCodes:
     def iter_parts(self) -> Iterator[dict[str, np.ndarray]]:
         """Each shard's arrays (indptr, indices, values, prompt_index, row_offsets) in turn:
         streaming consumers never hold more than one shard."""
-        from safetensors.numpy import load_file
-
         for sh in self.shards:
-            yield load_file(str(self.folder / _shard_file(sh)))
+            yield read_part(self.folder / _shard_file(sh), self.d_sae, self.origin)
 
     def matrix(self) -> Any:
         """All rows as one `scipy.sparse.csr_matrix` (rows in prompt-shard order)."""
@@ -222,8 +345,13 @@ def read_run_prompts(run: Path) -> dict[str, list[Any]]:
     p = run / "prompts.parquet"
     if not p.is_file():
         raise SaelabError(f"{run} has no prompts.parquet; run `saelab extract --run {run}` first")
-    t = pq.read_table(p).to_pydict()
-    n = len(t.get("text", []))
+    try:
+        t = pq.read_table(p).to_pydict()
+        n = len(t["text"])
+        if any(len(v) != n for v in t.values()):
+            raise ValueError("columns of different lengths")
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...; a column missing
+        raise origin_of(p, p.name, "extract").error(p, one_line(e)) from e
     return {
         "id": [str(x) for x in t.get("id", range(n))],
         "text": list(t.get("text", [])),

@@ -2,6 +2,10 @@
 
 Readers never modify the store: a `.tmp-*` folder may be a shard another process is writing
 right now, so it is skipped, not removed (removing debris is the writer's job).
+
+Chunks are read by `ChunkReader` (the store's own decoder, zarr's for other chains), so a
+missing or damaged chunk is a one-line error naming the file, never zeros or wrong values;
+the small index arrays are checked against the shard's attributes when the store is opened.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
+from saelab.damage import Origin, one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.run import TMP_PREFIX
 from saelab.store.activations import STORE_DIR, read_root_meta
-from saelab.store.codecs import StoreDType, check_dtype, decode_rows, quiet_numcodecs
+from saelab.store.chunks import ChunkReader
+from saelab.store.codecs import StoreDType, check_dtype, decode_rows
 
 
 @dataclass(frozen=True)
@@ -30,9 +35,38 @@ class ShardSpan:
     row_hi: int
 
 
-def _open_array(path: Path) -> zarr.Array:
-    with quiet_numcodecs():
-        return zarr.open_array(store=str(path), mode="r", zarr_format=3)
+def shard_attrs(shard: Path, keys: tuple[str, ...], origin: Origin) -> dict[str, int]:
+    """A shard group's integer attributes (n_prompts, ...), or one line naming its zarr.json."""
+    path = shard / "zarr.json"
+    try:
+        attrs = json.loads(path.read_text())["attributes"]
+        out = {k: int(attrs[k]) for k in keys}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise origin.error(path, one_line(e)) from e
+    if min(out.values(), default=0) < 0:
+        raise origin.error(path, f"negative sizes {out}")
+    return out
+
+
+def check_offsets(offsets: np.ndarray, n: int, total: int, what: Path, origin: Origin) -> None:
+    """Offsets into a concatenation: n+1 of them, from 0 to `total`, never decreasing."""
+    ok = (
+        offsets.ndim == 1
+        and len(offsets) == n + 1
+        and offsets[0] == 0
+        and offsets[-1] == total
+        and bool((np.diff(offsets) >= 0).all())
+    )
+    if not ok:
+        raise origin.error(what, f"offsets do not run from 0 to {total} over {n} items")
+
+
+def check_shape(reader: ChunkReader, shape: tuple[int, ...], origin: Origin) -> ChunkReader:
+    if reader.shape != shape:
+        raise origin.error(
+            reader.path / "zarr.json", f"shape {list(reader.shape)}, expected {list(shape)}"
+        )
+    return reader
 
 
 def open_activations(path: Path | str) -> ActivationStore:
@@ -50,16 +84,20 @@ class ActivationStore:
 
     def __init__(self, root: Path | str) -> None:
         self.path = Path(root)
+        self.origin = origin_of(self.path, STORE_DIR, "extract")
         meta = read_root_meta(self.path)
         if meta is None:
             raise SaelabError(f"no activation store at {self.path}; run `saelab extract` first")
-        self.hooks: list[str] = list(meta["hooks"])
-        self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
-        self.dtype: str = meta["dtype"]
-        self._dt: StoreDType = check_dtype(self.dtype)
-        self.positions: str = meta["positions"]
-        self.keep_bits: int | None = meta["keep_bits"]
-        self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
+        try:
+            self.hooks: list[str] = [str(h) for h in meta["hooks"]]
+            self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
+            self.dtype: str = str(meta["dtype"])
+            self._dt: StoreDType = check_dtype(self.dtype)
+            self.positions: str = str(meta["positions"])
+            self.keep_bits: int | None = meta["keep_bits"]
+            self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
+        except (KeyError, TypeError, ValueError, SaelabError) as e:
+            raise self.origin.error(self.path / "zarr.json", one_line(e)) from e
         shard_dir = self.path / "shards"
         found = []
         if shard_dir.is_dir():
@@ -73,16 +111,22 @@ class ActivationStore:
         self._shard_paths = found
         pidx, toff, roff = [np.zeros(0, np.int64)], [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
         rows, tokens, prompts = [0], [0], [0]
+        self._attrs: list[dict[str, int]] = []
         for p in found:
-            attrs = json.loads((p / "zarr.json").read_text())["attributes"]
-            local = _open_array(p / "token_offsets")[...]
-            pidx.append(_open_array(p / "prompt_index")[...])
+            attrs = shard_attrs(p, ("n_prompts", "n_tokens", "n_rows"), self.origin)
+            self._attrs.append(attrs)
+            n = attrs["n_prompts"]
+            local = self._index(p, "token_offsets", n + 1)
+            check_offsets(local, n, attrs["n_tokens"], p / "token_offsets", self.origin)
+            pidx.append(self._index(p, "prompt_index", n))
             toff.append(local[1:] + tokens[-1])
             local_rows = local if self.positions == "all" else np.arange(len(local), dtype=np.int64)
+            if int(local_rows[-1]) != attrs["n_rows"]:
+                raise self.origin.error(p / "zarr.json", f"n_rows {attrs['n_rows']} disagrees")
             roff.append(local_rows[1:] + rows[-1])
-            prompts.append(prompts[-1] + int(attrs["n_prompts"]))
-            tokens.append(tokens[-1] + int(attrs["n_tokens"]))
-            rows.append(rows[-1] + int(attrs["n_rows"]))
+            prompts.append(prompts[-1] + n)
+            tokens.append(tokens[-1] + attrs["n_tokens"])
+            rows.append(rows[-1] + attrs["n_rows"])
         self.prompt_index: np.ndarray = np.concatenate(pidx).astype(np.int64)
         self.token_offsets: np.ndarray = np.concatenate(toff)
         self.row_offsets: np.ndarray = np.concatenate(roff)
@@ -91,6 +135,18 @@ class ActivationStore:
         self._shard_row_starts = np.asarray(rows, dtype=np.int64)
         self._token_cache: dict[int, np.ndarray] = {}
         self._hook_arrays: dict[str, HookArray] = {}
+
+    def _index(self, shard: Path, name: str, n: int) -> np.ndarray:
+        """A shard's 1-D index array, checked to hold `n` values."""
+        reader = check_shape(ChunkReader(shard / name, self.origin), (n,), self.origin)
+        return reader.rows(0, n).astype(np.int64)
+
+    def reader(self, s: int, name: str, rows: int | None = None) -> ChunkReader:
+        """Shard position s's array `name`, its shape checked (rows x the hook's width)."""
+        width = () if name not in self.d_model else (self.d_model[name],)
+        n = self._attrs[s]["n_rows"] if rows is None else rows
+        reader = ChunkReader(self._shard_paths[s] / name, self.origin)
+        return check_shape(reader, (n, *width), self.origin)
 
     def __repr__(self) -> str:
         return (
@@ -108,7 +164,8 @@ class ActivationStore:
     def tokens(self, i: int) -> np.ndarray:
         s, i = self._prompt_shard(i)
         if s not in self._token_cache:
-            self._token_cache[s] = _open_array(self._shard_paths[s] / "token_ids")[...]
+            n = self._attrs[s]["n_tokens"]
+            self._token_cache[s] = self.reader(s, "token_ids", n).rows(0, n)
         base = self.token_offsets[self._shard_prompt_starts[s]]
         lo, hi = self.token_offsets[i] - base, self.token_offsets[i + 1] - base
         return self._token_cache[s][lo:hi]
@@ -190,7 +247,7 @@ class HookArray:
         self.shape: tuple[int, int] = (store.n_rows, store.d_model[hook])
         self.dtype: str = store.dtype
         self._starts = store._shard_row_starts
-        self._arrays: dict[int, zarr.Array] = {}
+        self._arrays: dict[int, ChunkReader] = {}
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -198,9 +255,9 @@ class HookArray:
     def __repr__(self) -> str:
         return f"HookArray({self.hook!r}, shape={self.shape}, dtype={self.dtype})"
 
-    def _array(self, s: int) -> zarr.Array:
+    def _array(self, s: int) -> ChunkReader:
         if s not in self._arrays:
-            self._arrays[s] = _open_array(self._store._shard_paths[s] / self.hook)
+            self._arrays[s] = self._store.reader(s, self.hook)
         return self._arrays[s]
 
     def _range(self, lo: int, hi: int) -> np.ndarray:
@@ -208,16 +265,15 @@ class HookArray:
         out = np.empty((max(0, hi - lo), self.shape[1]), dtype=np.float32)
         s = int(np.searchsorted(self._starts, lo, side="right")) - 1
         pos = lo
-        with quiet_numcodecs():
-            while pos < hi:
-                a, b = int(self._starts[s]), int(self._starts[s + 1])
-                end = min(hi, b)
-                if end > pos:
-                    out[pos - lo : end - lo] = decode_rows(
-                        self._array(s)[pos - a : end - a], self._store._dt
-                    )
-                pos = max(pos, end)
-                s += 1
+        while pos < hi:
+            a, b = int(self._starts[s]), int(self._starts[s + 1])
+            end = min(hi, b)
+            if end > pos:
+                out[pos - lo : end - lo] = decode_rows(
+                    self._array(s).rows(pos - a, end - a), self._store._dt
+                )
+            pos = max(pos, end)
+            s += 1
         return out
 
     def _take(self, idx: np.ndarray) -> np.ndarray:
@@ -225,12 +281,10 @@ class HookArray:
         uniq, inverse = np.unique(idx, return_inverse=True)
         out = np.empty((len(uniq), self.shape[1]), dtype=np.float32)
         shard_of = np.searchsorted(self._starts, uniq, side="right") - 1
-        with quiet_numcodecs():
-            for s in np.unique(shard_of):
-                sel = np.flatnonzero(shard_of == s)
-                local = uniq[sel] - self._starts[s]
-                rows = self._array(int(s)).get_orthogonal_selection((local, slice(None)))
-                out[sel] = decode_rows(rows, self._store._dt)
+        for s in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == s)
+            local = uniq[sel] - self._starts[s]
+            out[sel] = decode_rows(self._array(int(s)).take(local), self._store._dt)
         return out[inverse.reshape(-1)]
 
     def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:

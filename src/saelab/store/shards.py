@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from saelab.errors import SaelabError
+from saelab.nospace import disk_space_for
 from saelab.run import atomic_dir, atomic_write_json, file_digest, remove_debris
 from saelab.store.chunks import KEY_ENCODING, ChunkEncoder, write_chunks
 from saelab.store.codecs import ZSTD_LEVEL, compressors, quiet_numcodecs
@@ -68,23 +69,33 @@ def write_shard_group(
     attrs: dict[str, Any],
     base: Path,
     files: Mapping[str, bytes] | None = None,
+    what: str | None = None,
+    size_hint: int | None = None,
 ) -> dict[str, str]:
     """Write a zarr v3 group at `final` atomically; return {path relative to `base`: sha256}.
 
     Arrays are created in the order given; `files` are extra files (e.g. a Parquet table) put
     into the group folder before the rename, so they appear together with the arrays. An
     existing `final` is replaced. Nothing written depends on time or order of calls, so
-    rewriting a shard with the same inputs gives the same bytes.
+    rewriting a shard with the same inputs gives the same bytes. A full disk removes the
+    temporary folder and is one SaelabError naming `what` and the space needed (`size_hint`,
+    e.g. the shard's uncompressed size, else what the arrays seen so far hold).
     """
     prefix = final.relative_to(base).as_posix()
     digests: dict[str, str] = {}
     workers = max(1, min(os.cpu_count() or 1, 8))
-    with atomic_dir(final) as tmp, ThreadPoolExecutor(workers) as pool:
+    raw = [sum(len(b) for b in (files or {}).values())]
+    with (
+        disk_space_for(what or f"shard {final.name}", final, lambda: size_hint or raw[0]),
+        atomic_dir(final) as tmp,
+        ThreadPoolExecutor(workers) as pool,
+    ):
         _write_json(
             tmp / "zarr.json", {"attributes": attrs, "zarr_format": 3, "node_type": "group"}
         )
         for name, spec in arrays.items():
             data = spec.data() if callable(spec.data) else spec.data
+            raw[0] += data.nbytes
             meta = array_metadata(data, spec.chunk_rows, spec.filters)
             (tmp / name).mkdir()  # (write_chunks would too; the metadata goes in first)
             _write_json(tmp / name / "zarr.json", meta)

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from saelab.damage import one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.run import TMP_PREFIX
 from saelab.store.chunks import ChunkReader
 from saelab.store.codecs import check_dtype, decode_rows
+from saelab.store.reader import check_offsets, check_shape, shard_attrs
 from saelab.store.traces import (
     ATTN_PREFIX,
     META_FILE,
@@ -58,16 +60,20 @@ class TraceStore:
         meta = read_trace_meta(self.path)
         if meta is None:
             raise SaelabError(f"no generation traces at {self.path}")
-        self.hooks: list[str] = list(meta["hooks"])
-        self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
-        self.dtype: str = meta["dtype"]
-        self.keep_bits: int | None = meta["keep_bits"]
-        self.positions: str = meta["positions"]
-        self.attention_layers: list[int] = [int(x) for x in meta["attention_layers"]]
-        self.heads: list[int] = [int(h) for h in meta["heads"]]
-        self.n_heads: int | None = meta["n_heads"]
-        self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
-        self._dt = check_dtype(self.dtype)
+        self.origin = origin_of(self.path, TRACES_DIR, "extract --generate")
+        try:
+            self.hooks: list[str] = [str(h) for h in meta["hooks"]]
+            self.d_model: dict[str, int] = {h: int(meta["d_model"][h]) for h in self.hooks}
+            self.dtype: str = str(meta["dtype"])
+            self.keep_bits: int | None = meta["keep_bits"]
+            self.positions: str = str(meta["positions"])
+            self.attention_layers: list[int] = [int(x) for x in meta["attention_layers"]]
+            self.heads: list[int] = [int(h) for h in meta["heads"]]
+            self.n_heads: int | None = meta["n_heads"]
+            self.attrs: dict[str, Any] = dict(meta.get("attrs", {}))
+            self._dt = check_dtype(self.dtype)
+        except (KeyError, TypeError, ValueError, SaelabError) as e:
+            raise self.origin.error(self.path / "zarr.json", one_line(e)) from e
         self._adt = attention_dtype(self._dt)
         shard_dir = self.path / "shards"
         found = sorted(
@@ -80,11 +86,19 @@ class TraceStore:
         self._tokens: dict[int, np.ndarray] = {}
         self._texts: dict[int, dict[str, list[Any]]] = {}
         idx, plen, tlen, shard_of = [], [], [], []
-        for s in range(len(self._shards)):
-            idx.append(self._all(s, "prompt_index"))
-            plen.append(self._all(s, "prompt_lengths").astype(np.int64))
-            tlen.append(np.diff(self._all(s, "token_offsets")))
-            shard_of.append(np.full(len(idx[-1]), s, dtype=np.int64))
+        self._attrs: list[dict[str, int]] = []
+        for s, p in enumerate(self._shards):
+            attrs = shard_attrs(p, ("n_traces", "n_tokens", "n_rows", "n_pairs"), self.origin)
+            self._attrs.append(attrs)
+            n = attrs["n_traces"]
+            idx.append(self._index(s, "prompt_index", n))
+            plen.append(self._index(s, "prompt_lengths", n))
+            offsets = self._index(s, "token_offsets", n + 1)
+            check_offsets(offsets, n, attrs["n_tokens"], p / "token_offsets", self.origin)
+            tlen.append(np.diff(offsets))
+            if (plen[-1] < 0).any() or (plen[-1] > tlen[-1]).any():
+                raise self.origin.error(p / "prompt_lengths", "prompt longer than its trace")
+            shard_of.append(np.full(n, s, dtype=np.int64))
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)  # noqa: E731
         self.indices: np.ndarray = cat(idx).astype(np.int64)
         self.prompt_lengths: np.ndarray = cat(plen)
@@ -124,8 +138,20 @@ class TraceStore:
         """Shard s's array `name`, opened once (its metadata parsed once) and kept."""
         key = (s, name)
         if key not in self._arrays:
-            self._arrays[key] = ChunkReader(self._shards[s] / name)
+            reader = ChunkReader(self._shards[s] / name, self.origin)
+            a = self._attrs[s]
+            heads = len(self.heads)
+            want = {
+                "token_ids": (a["n_tokens"],),
+                **{h: (a["n_rows"], self.d_model[h]) for h in self.hooks},
+                **{f"{ATTN_PREFIX}{x}": (heads * a["n_pairs"],) for x in self.attention_layers},
+            }.get(name)
+            self._arrays[key] = reader if want is None else check_shape(reader, want, self.origin)
         return self._arrays[key]
+
+    def _index(self, s: int, name: str, n: int) -> np.ndarray:
+        reader = check_shape(self._array(s, name), (n,), self.origin)
+        return reader.rows(0, n).astype(np.int64)
 
     def _all(self, s: int, name: str) -> np.ndarray:
         arr = self._array(s, name)
@@ -186,7 +212,14 @@ class TraceStore:
             import pyarrow.parquet as pq
 
             cols = ["answer_text", "clean_answer", "finish"]
-            self._texts[s] = pq.read_table(self._shards[s] / META_FILE, columns=cols).to_pydict()
+            path = self._shards[s] / META_FILE
+            try:
+                table = pq.read_table(path, columns=cols).to_pydict()
+            except Exception as e:  # pyarrow raises ArrowInvalid, OSError, KeyError, ...
+                raise self.origin.error(path, one_line(e)) from e
+            if any(len(v) != self._attrs[s]["n_traces"] for v in table.values()):
+                raise self.origin.error(path, "row count differs from the shard's traces")
+            self._texts[s] = table
         j = i - int(self._first[s])
         return {k: v[j] for k, v in self._texts[s].items()}
 

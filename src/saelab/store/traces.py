@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from saelab.damage import one_line, origin_of
 from saelab.errors import SaelabError
 from saelab.store.codecs import (
     DTYPES,
@@ -123,8 +124,8 @@ def read_trace_meta(root: Path) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(path.read_text()).get("attributes", {}).get("saelab")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise SaelabError(f"{path} is not valid zarr metadata ({e}); use another run folder") from e
+    except (OSError, ValueError, AttributeError) as e:  # ValueError: bad JSON or UTF-8
+        raise origin_of(root, TRACES_DIR, "extract").error(path, one_line(e)) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         what = meta.get("format") if isinstance(meta, dict) else None
         raise SaelabError(
@@ -277,7 +278,17 @@ class TraceWriter:
             "n_pairs": n_pairs,
         }
         files = {META_FILE: _meta_table(traces, plen, alen)}
-        return write_shard_group(final, specs, attrs=attrs, base=self.root, files=files)
+        size = int(rows.sum()) * sum(self.d_model.values()) * self._dt.itemsize
+        size += len(self.attention_layers) * len(self.heads) * n_pairs * self._adt.itemsize
+        return write_shard_group(
+            final,
+            specs,
+            attrs=attrs,
+            base=self.root,
+            files=files,
+            what=f"trace shard {final.name}",
+            size_hint=size + 12 * int(offsets[-1]),
+        )
 
     def _check(self, tr: Trace, p: int, a: int) -> None:
         """Shapes and key sets of one trace, checked before anything is written."""

@@ -216,6 +216,9 @@ def build(
 ) -> SAE:
     """The SAE from canonical tensors (SAELens names and orientation), all in `dtype`."""
     cfg.dtype = _DTYPE_NAMES[dtype]
+    for k, v in state.items():  # integers cast exactly enough; complex or bool are no weights
+        if v.is_complex() or v.dtype == torch.bool:
+            raise SaelabError(f"{source}: {k} holds {v.dtype} values, not real-valued weights")
     cast = {k: v.to(dtype) for k, v in state.items()}
     return SAE.from_state(cfg, cast, str(source))
 
