@@ -63,8 +63,9 @@ def child(stage: str, n: int) -> dict:
         setup = _rss_mb()
         t0 = time.perf_counter()
         kept = []
-        for _idx, out in capture_prompts(lm.model, lm.adapter, hooks, ws, pad_id=lm.pad_id,
-                                         batch_size=4, out_dtype=torch.float16):  # fmt: skip
+        for _idx, out in capture_prompts(
+            lm.model, lm.adapter, hooks, ws, pad_id=lm.pad_id, batch_size=4, out_dtype=torch.float16
+        ):
             kept += out[hooks[0]]
         secs = time.perf_counter() - t0
         check = sum(int(t.shape[0]) for t in kept) == n * 128
@@ -74,7 +75,7 @@ def child(stage: str, n: int) -> dict:
         g = torch.Generator().manual_seed(0)
         dirs = torch.randn(2048, 576, generator=g)
         batches = []
-        for s in range(4):  # four distinct batches, reused: the cost is in the step
+        for _ in range(4):  # four distinct batches, reused: the cost is in the step
             idx = torch.randint(0, 2048, (1024, 16), generator=g)
             batches.append((torch.rand(1024, 16, 1, generator=g) * dirs[idx]).sum(1) + 3.0)
         tr = SAETrainer(TrainConfig(d_sae=4608, k=32, total_steps=n), 576, batches[0])
@@ -113,8 +114,14 @@ def child(stage: str, n: int) -> dict:
         check = len(tables) == n
     else:
         raise ValueError(stage)
-    return {"stage": stage, "n": n, "seconds": secs, "setup_rss_mb": setup,
-            "peak_rss_mb": _peak_mb(), "check": check}  # fmt: skip
+    return {
+        "stage": stage,
+        "n": n,
+        "seconds": secs,
+        "setup_rss_mb": setup,
+        "peak_rss_mb": _peak_mb(),
+        "check": check,
+    }
 
 
 def main() -> None:
@@ -135,10 +142,19 @@ def main() -> None:
         first = None
         for m in mults:
             n = base * m
-            cmd = [sys.executable, __file__, "--child", stage, "--n", str(n),
-                   "--threads", str(a.threads)]  # fmt: skip
-            res = subprocess.run(cmd, capture_output=True, text=True,
-                                 env=C.subprocess_env(a.threads))  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                stage,
+                "--n",
+                str(n),
+                "--threads",
+                str(a.threads),
+            ]
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, env=C.subprocess_env(a.threads)
+            )
             line = [x for x in res.stdout.splitlines() if x.startswith("{")]
             if res.returncode or not line:
                 print(f"{stage} x{m} failed:\n{res.stderr[-2000:]}")
@@ -147,20 +163,34 @@ def main() -> None:
             raw.append(r)
             per = r["seconds"] / n
             first = first or per
-            rows.append({"stage": stage, "work": f"{m}x ({n:,} {UNIT[stage]})",
-                         "seconds": r["seconds"], f"s per unit vs 1x": per / first,
-                         "peak RSS MB": r["peak_rss_mb"],
-                         "peak over setup MB": r["peak_rss_mb"] - r["setup_rss_mb"],
-                         "check": r["check"]})  # fmt: skip
-    C.print_table(rows, f"cost at {', '.join(f'{m}x' for m in mults)} the work, {a.threads} thread(s)")
+            rows.append(
+                {
+                    "stage": stage,
+                    "work": f"{m}x ({n:,} {UNIT[stage]})",
+                    "seconds": r["seconds"],
+                    "s per unit vs 1x": per / first,
+                    "peak RSS MB": r["peak_rss_mb"],
+                    "peak over setup MB": r["peak_rss_mb"] - r["setup_rss_mb"],
+                    "check": r["check"],
+                }
+            )
+    C.print_table(
+        rows, f"cost at {', '.join(f'{m}x' for m in mults)} the work, {a.threads} thread(s)"
+    )
     for stage in a.stages.split(","):
         got = [r for r in rows if r["stage"] == stage]
         if len(got) == len(mults):
             growth = got[-1]["s per unit vs 1x"]
-            print(C.summary_line(f"scaling.{stage}.time_per_unit_at_{mults[-1]}x", growth,
-                                 "<= 1.25 (linear)", growth <= 1.25 and all(r["check"] for r in got),
-                                 f"peak over setup {got[0]['peak over setup MB']:.0f} ->"
-                                 f" {got[-1]['peak over setup MB']:.0f} MB"))  # fmt: skip
+            print(
+                C.summary_line(
+                    f"scaling.{stage}.time_per_unit_at_{mults[-1]}x",
+                    growth,
+                    "<= 1.25 (linear)",
+                    growth <= 1.25 and all(r["check"] for r in got),
+                    f"peak over setup {got[0]['peak over setup MB']:.0f} ->"
+                    f" {got[-1]['peak over setup MB']:.0f} MB",
+                )
+            )
     C.dump_json(a.json, {"machine": C.machine(), "rows": rows, "raw": raw})
 
 

@@ -63,8 +63,11 @@ def main() -> None:
         return time.perf_counter() - t0, tr.W_dec.detach().clone()
 
     half = max(1, a.threads // 2)
-    variants = {"turns": (False, a.threads), "prefetch": (True, a.threads),
-                f"prefetch, {half} thread(s) each": (True, half)}  # fmt: skip
+    variants = {
+        "turns": (False, a.threads),
+        "prefetch": (True, a.threads),
+        f"prefetch, {half} thread(s) each": (True, half),
+    }
     names = list(variants)
     secs = {n: [] for n in names}
     weights = {}
@@ -77,14 +80,29 @@ def main() -> None:
     ratios = [t / p for t, p in zip(secs["turns"], secs["prefetch"], strict=True)]
     half_ratio = C.median([t / p for t, p in zip(secs["turns"], secs[names[2]], strict=True)])
     tok = steps * 1024
-    C.print_table([{"stream": n, "tokens/s (median)": tok / C.median(secs[n]),
-                    "seconds": C.median(secs[n])} for n in names],
-                  f"train --stream, {steps} steps of 1024 rows, {a.threads} cores' threads")  # fmt: skip
+    C.print_table(
+        [
+            {
+                "stream": n,
+                "tokens/s (median)": tok / C.median(secs[n]),
+                "seconds": C.median(secs[n]),
+            }
+            for n in names
+        ],
+        f"train --stream, {steps} steps of 1024 rows, {a.threads} cores' threads",
+    )
     ratio = C.median(ratios)
     print(f"check: identical weights after {steps} steps: {same}")
-    print(C.summary_line("stream.prefetch_vs_turns", ratio, ">= 1.3", ratio >= 1.3 and same,
-                         f"per round {C.spread(ratios)}; with {half} intra-op thread(s) per"
-                         f" side {half_ratio:.2f}x"))  # fmt: skip
+    print(
+        C.summary_line(
+            "stream.prefetch_vs_turns",
+            ratio,
+            ">= 1.3",
+            ratio >= 1.3 and same,
+            f"per round {C.spread(ratios)}; with {half} intra-op thread(s) per"
+            f" side {half_ratio:.2f}x",
+        )
+    )
     C.dump_json(a.json, {"machine": C.machine(), "seconds": secs, "identical": same})
 
 

@@ -5,7 +5,7 @@ Part 1, same model, loss and optimizer. Real activations of SmolLM2-135M
 `blocks.7.hook_resid_post` over standard-library docstrings (BOS dropped) are captured once.
 Both implementations start from the same initial weights, scale inputs to unit mean norm,
 start b_dec at the data mean, minimise MSE + AuxK/32 (dead latents counted in the same token
-window), clip gradient norms at 1, use Adam at the trainer's default lr with the same warm-up and decay, and
+window), clip gradient norms at 1, use Adam at the default lr with the same warm-up and decay, and
 renormalise decoder rows after each step. They differ only in how a step is computed:
 
   dense   encode, top-k, scatter into a dense (batch x d_sae) code, dense decode, autograd

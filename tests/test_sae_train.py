@@ -135,8 +135,12 @@ def test_one_call_with_bags_equals_two_calls():
     torch.manual_seed(1)
     b, d, s, k, ka = 9, 8, 30, 3, 4
     x = torch.randn(b, d)
-    params = [torch.randn(s, d, requires_grad=True), torch.randn(s, requires_grad=True),
-              torch.randn(s, d, requires_grad=True), torch.randn(d, requires_grad=True)]  # fmt: skip
+    params = [
+        torch.randn(s, d, requires_grad=True),
+        torch.randn(s, requires_grad=True),
+        torch.randn(s, d, requires_grad=True),
+        torch.randn(d, requires_grad=True),
+    ]
     w_enc, b_enc, w_dec, b_dec = params
     target = torch.randn(b, d)
 

@@ -31,7 +31,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import _peers as P
 
@@ -144,8 +143,11 @@ def child(method: str, layers: list[int], n_batches: int, bs: int, seq: int) -> 
     kept = []
     for k in range(n_batches):
         kept.append(run(ws[k * bs : (k + 1) * bs]))
-    print(json.dumps({"method": method, "peak_rss_mb": P.peak_rss_mb(),
-                      "peak_after_load_mb": after_load}))  # fmt: skip
+    print(
+        json.dumps(
+            {"method": method, "peak_rss_mb": P.peak_rss_mb(), "peak_after_load_mb": after_load}
+        )
+    )
 
 
 def main() -> None:
@@ -175,8 +177,10 @@ def main() -> None:
     diffs = {}
     for m in METHODS:
         diffs[m] = agreement(ref, runs[m](batches[0]))  # also the warm-up
-    print("agreement with saelab (max |diff| / max |value|): "
-          + ", ".join(f"{m} {d:.1e}" for m, d in diffs.items()))  # fmt: skip
+    print(
+        "agreement with saelab (max |diff| / max |value|): "
+        + ", ".join(f"{m} {d:.1e}" for m, d in diffs.items())
+    )
     agree = all(d < 1e-3 for d in diffs.values())
     if not agree:
         print("outputs disagree: timings not trusted")
@@ -195,18 +199,38 @@ def main() -> None:
     ratios = {}
     for m in METHODS:
         ratios[m] = C.median([t / s for t, s in zip(times[m], times["saelab"], strict=True)])
-        rows.append({"method": m, "tokens/s (median)": tok / C.median(times[m]),
-                     "time vs saelab (median paired)": ratios[m],
-                     "max rel diff": diffs[m]})  # fmt: skip
+        rows.append(
+            {
+                "method": m,
+                "tokens/s (median)": tok / C.median(times[m]),
+                "time vs saelab (median paired)": ratios[m],
+                "max rel diff": diffs[m],
+            }
+        )
     rss = {}
     if not a.no_rss:
         for m in METHODS:
             if m == "hf_stop":
                 continue
-            cmd = [sys.executable, __file__, "--child", m, "--layers", a.layers,
-                   "--batches", str(n_batches), "--batch-size", str(a.batch_size),
-                   "--seq-len", str(a.seq_len), "--threads", str(a.threads)]  # fmt: skip
-            res = subprocess.run(cmd, capture_output=True, text=True, env=C.subprocess_env(a.threads))
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                m,
+                "--layers",
+                a.layers,
+                "--batches",
+                str(n_batches),
+                "--batch-size",
+                str(a.batch_size),
+                "--seq-len",
+                str(a.seq_len),
+                "--threads",
+                str(a.threads),
+            ]
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, env=C.subprocess_env(a.threads)
+            )
             line = [x for x in res.stdout.splitlines() if x.startswith("{")]
             if res.returncode or not line:
                 print(f"RSS child {m} failed:\n{res.stderr[-2000:]}")
@@ -215,23 +239,42 @@ def main() -> None:
         for r in rows:
             got = rss.get(r["method"])
             r["peak RSS MB"] = got["peak_rss_mb"] if got else None
-    print(f"\ncapture resid_post {a.layers}, {n_batches} batches of {a.batch_size}x{a.seq_len}"
-          f" tokens, {a.threads} thread(s), {rounds} rounds")  # fmt: skip
+    print(
+        f"\ncapture resid_post {a.layers}, {n_batches} batches of {a.batch_size}x{a.seq_len}"
+        f" tokens, {a.threads} thread(s), {rounds} rounds"
+    )
     C.print_table(rows)
     rss_ratio = rss["saelab"]["peak_rss_mb"] / rss["tl"]["peak_rss_mb"] if "tl" in rss else None
     checks = [
         ("capture.vs_hf_hooks", ratios["hf_hooks"], ">= 1.0", ratios["hf_hooks"] >= 1.0),
-        ("capture.vs_hf_hooks_stop", ratios["hf_stop"], ">= 1.0 (context)", ratios["hf_stop"] >= 1.0),
+        (
+            "capture.vs_hf_hooks_stop",
+            ratios["hf_stop"],
+            ">= 1.0 (context)",
+            ratios["hf_stop"] >= 1.0,
+        ),
         ("capture.vs_transformer_lens", ratios["tl"], ">= 1.3", ratios["tl"] >= 1.3),
         ("capture.vs_nnsight", ratios["nnsight"], ">= 1.3", ratios["nnsight"] >= 1.3),
-    ]  # fmt: skip
+    ]
     for name, r, target, ok in checks:
         print(C.summary_line(name, r, target, ok and agree))
     if rss_ratio is not None:
-        print(C.summary_line("capture.rss_vs_transformer_lens", rss_ratio, "<= 0.6",
-                             rss_ratio <= 0.6 and agree))  # fmt: skip
-    C.dump_json(a.json, {"machine": C.machine(), "versions": P.versions(), "times": times,
-                         "ratios": ratios, "rss": rss, "agreement": diffs})  # fmt: skip
+        print(
+            C.summary_line(
+                "capture.rss_vs_transformer_lens", rss_ratio, "<= 0.6", rss_ratio <= 0.6 and agree
+            )
+        )
+    C.dump_json(
+        a.json,
+        {
+            "machine": C.machine(),
+            "versions": P.versions(),
+            "times": times,
+            "ratios": ratios,
+            "rss": rss,
+            "agreement": diffs,
+        },
+    )
 
 
 def argparse_hidden() -> str:

@@ -40,12 +40,20 @@ class TLLoop:
     def __init__(self, tl, sae, n_new: int, eos: set[int], torch):
         self.tl, self.t, self.n_new, self.eos = tl, torch, n_new, eos
         self.b_dec, self.w_enc = sae.b_dec.detach(), sae.W_enc.detach()
-        self.b_enc, self.thr, self.w_dec = sae.b_enc.detach(), sae.threshold.detach(), sae.W_dec.detach()
+        self.b_enc, self.thr, self.w_dec = (
+            sae.b_enc.detach(),
+            sae.threshold.detach(),
+            sae.W_dec.detach(),
+        )
 
     def run(self, feature: int, prompt: list[int]) -> list[int]:
         t = self.t
-        w_enc, b_enc, thr, w_dec = (self.w_enc[:, feature], self.b_enc[feature],
-                                    self.thr[feature], self.w_dec[feature])  # fmt: skip
+        w_enc, b_enc, thr, w_dec = (
+            self.w_enc[:, feature],
+            self.b_enc[feature],
+            self.thr[feature],
+            self.w_dec[feature],
+        )
 
         def hook(act, hook):
             x = act[:, -1]
@@ -56,8 +64,14 @@ class TLLoop:
 
         ids = t.tensor([prompt], dtype=t.long)
         with t.no_grad(), self.tl.hooks(fwd_hooks=[(BP.HOOK, hook)]):
-            out = self.tl.generate(ids, max_new_tokens=self.n_new, do_sample=False,
-                                   use_past_kv_cache=True, verbose=False, stop_at_eos=False)  # fmt: skip
+            out = self.tl.generate(
+                ids,
+                max_new_tokens=self.n_new,
+                do_sample=False,
+                use_past_kv_cache=True,
+                verbose=False,
+                stop_at_eos=False,
+            )
         return BP.cut_at_eos(out[0, len(prompt) :].tolist(), self.eos)
 
 
@@ -92,8 +106,14 @@ class SaeLensLoop:
 
         ids = t.tensor([prompt], dtype=t.long)
         with t.no_grad(), self.model.hooks(fwd_hooks=[(self.acts, hook)]):
-            out = self.model.generate(ids, max_new_tokens=self.n_new, do_sample=False,
-                                      use_past_kv_cache=True, verbose=False, stop_at_eos=False)  # fmt: skip
+            out = self.model.generate(
+                ids,
+                max_new_tokens=self.n_new,
+                do_sample=False,
+                use_past_kv_cache=True,
+                verbose=False,
+                stop_at_eos=False,
+            )
         return BP.cut_at_eos(out[0, len(prompt) :].tolist(), self.eos)
 
 
@@ -119,8 +139,10 @@ def main() -> None:
     feats, _, _ = BP.pick_features(sae, acts, n_edits, torch)
     edits = [Edit(BP.HOOK, f, "set", 0.0) for f in feats]
     eos = _eos_ids(lm)
-    peers = {"tl_loop": TLLoop(P.to_transformer_lens(lm), sae, n_new, eos, torch),
-             "sae_lens": SaeLensLoop(lm, sae, n_new, eos, torch)}  # fmt: skip
+    peers = {
+        "tl_loop": TLLoop(P.to_transformer_lens(lm), sae, n_new, eos, torch),
+        "sae_lens": SaeLensLoop(lm, sae, n_new, eos, torch),
+    }
     rows = [(e, pi) for pi in range(n_prompts) for e in [None, *range(n_edits)]]
     n_batches = max(2, math.ceil(len(rows) / a.batch))
     batches = BP.split(rows, n_batches)
@@ -128,14 +150,21 @@ def main() -> None:
     slices = BP.split(subset, n_batches)
 
     def run_batch(batch) -> dict:
-        res = generate_patched(lm, [prompts[pi] for _, pi in batch],
-                               [[] if e is None else [edits[e]] for e, _ in batch],
-                               {BP.HOOK: sae}, max_new_tokens=n_new, at="last+generated")  # fmt: skip
+        res = generate_patched(
+            lm,
+            [prompts[pi] for _, pi in batch],
+            [[] if e is None else [edits[e]] for e, _ in batch],
+            {BP.HOOK: sae},
+            max_new_tokens=n_new,
+            at="last+generated",
+        )
         return dict(zip(batch, res.token_ids, strict=True))
 
     runs = {"saelab": run_batch}
     for name, peer in peers.items():
-        runs[name] = lambda sl, peer=peer: {(e, pi): peer.run(feats[e], prompts[pi]) for e, pi in sl}
+        runs[name] = lambda sl, peer=peer: {
+            (e, pi): peer.run(feats[e], prompts[pi]) for e, pi in sl
+        }
     run_batch(batches[0][:2])  # warm-up
     for peer in peers.values():
         peer.run(feats[0], prompts[0])
@@ -161,21 +190,38 @@ def main() -> None:
         same = sum(outs[n][k] == outs["saelab"][k] for k in subset)
         agree[n] = same / len(subset)
     ok_agree = all(v >= 0.9 for v in agree.values())
-    print(f"agreement with saelab's generated tokens on {len(subset)} pairs: "
-          + ", ".join(f"{n} {v:.0%}" for n, v in agree.items()))  # fmt: skip
+    print(
+        f"agreement with saelab's generated tokens on {len(subset)} pairs: "
+        + ", ".join(f"{n} {v:.0%}" for n, v in agree.items())
+    )
     rows_out = []
     for n in runs:
-        rows_out.append({"method": n, "generated tokens/s": toks[n] / secs[n],
-                         "saelab speed-up (median per round)": 1.0 if n == "saelab" else C.median(ratios[n]),
-                         "pairs agreeing": "-" if n == "saelab" else f"{agree[n]:.0%}"})  # fmt: skip
-    print(f"\nsweep {n_edits} ablations x {n_prompts} prompts x {n_new} tokens; peers on"
-          f" {len(subset)} pairs; {n_batches} rounds; {a.threads} thread(s)")  # fmt: skip
+        rows_out.append(
+            {
+                "method": n,
+                "generated tokens/s": toks[n] / secs[n],
+                "saelab speed-up (median per round)": 1.0 if n == "saelab" else C.median(ratios[n]),
+                "pairs agreeing": "-" if n == "saelab" else f"{agree[n]:.0%}",
+            }
+        )
+    print(
+        f"\nsweep {n_edits} ablations x {n_prompts} prompts x {n_new} tokens; peers on"
+        f" {len(subset)} pairs; {n_batches} rounds; {a.threads} thread(s)"
+    )
     C.print_table(rows_out)
     for n in peers:
         r = C.median(ratios[n])
         print(C.summary_line(f"patch.vs_{n}", r, ">= 1.0", r >= 1.0 and ok_agree))
-    C.dump_json(a.json, {"machine": C.machine(), "versions": P.versions(), "rows": rows_out,
-                         "ratios": ratios, "agreement": agree})  # fmt: skip
+    C.dump_json(
+        a.json,
+        {
+            "machine": C.machine(),
+            "versions": P.versions(),
+            "rows": rows_out,
+            "ratios": ratios,
+            "agreement": agree,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -112,8 +112,11 @@ class SaeLens:
 def held_out(impl, x) -> dict:
     x_hat, f = impl.reconstruct(x)
     ev = 1 - float(((x_hat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
-    return {"ev": ev, "l0": float((f > 0).float().sum(-1).mean()),
-            "never_active": int(((f > 0).sum(0) == 0).sum())}  # fmt: skip
+    return {
+        "ev": ev,
+        "l0": float((f > 0).float().sum(-1).mean()),
+        "never_active": int(((f > 0).sum(0) == 0).sum()),
+    }
 
 
 def format_check(saelab: Saelab, x) -> float:
@@ -159,8 +162,10 @@ def main() -> None:
     step, r, chunk = 0, 0, 4
     while step < steps:
         todo = min(chunk, steps - step)
-        batches = [x[((step + j) % n_batches) * BATCH : ((step + j) % n_batches + 1) * BATCH]
-                   for j in range(todo)]  # fmt: skip
+        batches = [
+            x[((step + j) % n_batches) * BATCH : ((step + j) % n_batches + 1) * BATCH]
+            for j in range(todo)
+        ]
         for n in C.rotated(names, r):
             t0 = time.perf_counter()
             for b in batches:
@@ -170,28 +175,53 @@ def main() -> None:
         r += 1
     fmt = format_check(impls["saelab"], held)
     agree = fmt < 1e-4
-    print(f"check: saelab's SAE loaded by SAELens reconstructs as saelab does (max rel diff"
-          f" {fmt:.1e}): {'ok' if agree else 'DISAGREE: timings not trusted'}")  # fmt: skip
+    print(
+        f"check: saelab's SAE loaded by SAELens reconstructs as saelab does (max rel diff"
+        f" {fmt:.1e}): {'ok' if agree else 'DISAGREE: timings not trusted'}"
+    )
     rows, res = [], {}
     for n in names:
         h = held_out(impls[n], held)
         res[n] = h
         ratio = C.median([s / o for s, o in zip(secs[n], secs["saelab"], strict=True)])
-        rows.append({"implementation": n, "tokens/s": steps * BATCH / sum(secs[n]),
-                     "time vs saelab": ratio, "held-out EV": h["ev"], "L0": h["l0"],
-                     "never active (held-out)": h["never_active"]})  # fmt: skip
-    print(f"\nTopK {D_IN} -> {D_SAE}, k={K}, batch {BATCH}, {steps} steps ({steps * BATCH:,}"
-          f" token-steps over {len(x):,} tokens), lr {lr:.3g}, {a.threads} thread(s)")  # fmt: skip
+        rows.append(
+            {
+                "implementation": n,
+                "tokens/s": steps * BATCH / sum(secs[n]),
+                "time vs saelab": ratio,
+                "held-out EV": h["ev"],
+                "L0": h["l0"],
+                "never active (held-out)": h["never_active"],
+            }
+        )
+    print(
+        f"\nTopK {D_IN} -> {D_SAE}, k={K}, batch {BATCH}, {steps} steps ({steps * BATCH:,}"
+        f" token-steps over {len(x):,} tokens), lr {lr:.3g}, {a.threads} thread(s)"
+    )
     C.print_table(rows)
     speed = C.median([s / o for s, o in zip(secs["sae_lens"], secs["saelab"], strict=True)])
     best = res["sae_lens_best"]["ev"]
     print(C.summary_line("train.speed_vs_sae_lens", speed, ">= 4.0", speed >= 4.0 and agree))
-    print(C.summary_line("train.ev_minus_sae_lens_best", 1 + res["saelab"]["ev"] - best,
-                         ">= 1.0 (EV >= SAELens best)", res["saelab"]["ev"] >= best and agree,
-                         f"EV saelab {res['saelab']['ev']:.3f} vs SAELens best {best:.3f},"
-                         f" defaults {res['sae_lens']['ev']:.3f}"))  # fmt: skip
-    C.dump_json(a.json, {"machine": C.machine(), "versions": P.versions(), "rows": rows,
-                         "seconds": secs, "format_check": fmt})  # fmt: skip
+    print(
+        C.summary_line(
+            "train.ev_minus_sae_lens_best",
+            1 + res["saelab"]["ev"] - best,
+            ">= 1.0 (EV >= SAELens best)",
+            res["saelab"]["ev"] >= best and agree,
+            f"EV saelab {res['saelab']['ev']:.3f} vs SAELens best {best:.3f},"
+            f" defaults {res['sae_lens']['ev']:.3f}",
+        )
+    )
+    C.dump_json(
+        a.json,
+        {
+            "machine": C.machine(),
+            "versions": P.versions(),
+            "rows": rows,
+            "seconds": secs,
+            "format_check": fmt,
+        },
+    )
 
 
 if __name__ == "__main__":

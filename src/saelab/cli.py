@@ -203,7 +203,7 @@ def train(
     l0_coef: Annotated[float, typer.Option(help="jumprelu: L0 coefficient")] = 2e-3,
     lr: Annotated[
         float | None,
-        typer.Option(help="Adam learning rate (default: 0.03/sqrt(d_in) topk/batchtopk, else 4e-4)"),
+        typer.Option(help="Adam learning rate (default: 0.03/sqrt(d_in) topk, else 4e-4)"),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="tokens per step")] = 1024,
     tokens: Annotated[

@@ -34,8 +34,9 @@ _LOCK = threading.Lock()
 _JOB: dict[str, Any] = {}
 
 
-def _one(hook: str, width: int, blocks_of: Callable[[str], Blocks], min_active: int,
-         keep_values: bool) -> dict[str, np.ndarray]:  # fmt: skip
+def _one(
+    hook: str, width: int, blocks_of: Callable[[str], Blocks], min_active: int, keep_values: bool
+) -> dict[str, np.ndarray]:
     acc = TwoGroupAccumulator(width, keep_values=keep_values)
     for block, in_a in blocks_of(hook):
         acc.add(block, in_a)
@@ -82,12 +83,15 @@ def hook_tables(
                 done(hook)
         return out
     with _LOCK:
-        _JOB.update(hooks=list(hooks), blocks_of=blocks_of, min_active=min_active,
-                    keep_values=keep_values)  # fmt: skip
+        _JOB.update(
+            hooks=list(hooks), blocks_of=blocks_of, min_active=min_active, keep_values=keep_values
+        )
         try:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-                for (hook, _), table in zip(hooks, pool.map(_forked, range(len(hooks))), strict=True):
+                for (hook, _), table in zip(
+                    hooks, pool.map(_forked, range(len(hooks))), strict=True
+                ):
                     out[hook] = table
                     if done:
                         done(hook)
