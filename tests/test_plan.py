@@ -44,7 +44,7 @@ def test_offline_plan_for_a_big_model_says_what_would_fit(tmp_path, monkeypatch)
     res, _ = plan_extract(ExtractOptions(**base), calibrate=False)
     assert not res.job.token_stats().exact  # no tokenizer offline: estimated from characters
     assert not res.verdict.fits and "RAM" in res.verdict.problems[0]
-    assert "--dtype bfloat16" in res.verdict.suggestions
+    assert res.verdict.suggestions[0].startswith("--dtype bfloat16 (est. peak RAM")
     ok, _ = plan_extract(ExtractOptions(**base, dtype="bfloat16"), calibrate=False)
     assert ok.verdict.fits
     assert 10e9 < ok.estimate.parts["weights"] < 16.1e9

@@ -246,8 +246,9 @@ def test_weight_bytes_partial_and_int8() -> None:
     # All layers but no final norm: one norm short of the (tied) full model.
     assert s.weight_bytes("float32", n_layers=30) == 4 * (s.n_params - s.d_model)
     int8 = s.weight_bytes("int8")
-    # Layers shrink ~4x; float32 embeddings plus an int8 copy of the tied head stay.
-    assert 4 * emb + emb < int8 < s.weight_bytes("float32") / 2
+    # Layers shrink ~4x; the float32 embeddings (also the tied head) stay.
+    assert 4 * emb < int8 < s.weight_bytes("float32") / 2
+    assert int8 == 4 * s.n_params - 3 * s.linear_params() + 4 * s.linear_rows()
     with pytest.raises(SaelabError, match="n_layers"):
         s.weight_bytes("float32", n_layers=31)
     with pytest.raises(SaelabError, match="dtype 'int4'"):

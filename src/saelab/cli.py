@@ -173,8 +173,22 @@ _CALIBRATE = inspect.Parameter(
 )
 
 
+_TARGET = inspect.Parameter(
+    "target",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    default=None,
+    annotation=Annotated[
+        str | None,
+        typer.Option(
+            help="plan for another machine: t4, colab-free, l4, a100-40g, a100-80g, h100,"
+            " cpu-16g, cpu-8g, or gpu:24GB / cpu:32GB (estimates; README, plan)"
+        ),
+    ],
+)
+
+
 @app.command()
-@_options_of(extract, drop=("overwrite",), add=(_CALIBRATE,))
+@_options_of(extract, drop=("overwrite",), add=(_CALIBRATE, _TARGET))
 def plan(**kw: Any) -> None:
     """Say how much memory, disk and time extract needs, and whether it fits."""
     calibrate = kw.pop("calibrate")
@@ -272,8 +286,8 @@ def demo(
     run_demo(run=run, hooks=hooks, quiet=quiet)
 
 
-# registering: encode, export, contrast, query / inspect, report, export-stats
-from saelab import cli_analysis, cli_report  # noqa: E402,F401
+# registering: encode, export, contrast, query / inspect, report, export-stats / cache
+from saelab import cli_analysis, cli_cache, cli_report  # noqa: E402,F401
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -23,7 +23,9 @@ MB = 1 << 20
 BASE_RSS = 270 * MB  # python + torch + transformers + zarr imported
 LOADED_OVERHEAD = 100 * MB  # tokenizer, configs, allocator arenas once a model is loaded
 CUDA_CONTEXT = 500 * MB  # host memory a CUDA context costs
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "nf4": 1}  # nf4: see
+# quantized_bytes for its weights; as an activation/store dtype it never occurs
+LOAD_SHARD = 5 * 10**9  # transformers' default checkpoint shard size
 STORE_SHARD_TARGET = 128 * MB  # activations held per shard before it is written
 CPU_TOKENS_PER_BATCH = 4096  # beyond this a CPU forward gets no faster, only bigger
 GPU_TOKENS_PER_BATCH = 65536
@@ -133,7 +135,9 @@ class Estimate:
 def forward_bytes(w: ExtractWorkload) -> int:
     """Transient memory of one batch's forward pass plus the captured tensors."""
     s = w.shape
-    act = DTYPE_BYTES.get(w.model_dtype, 4) if w.model_dtype != "int8" else 4
+    act = {"int8": 4, "nf4": 2}.get(w.model_dtype) or DTYPE_BYTES.get(w.model_dtype, 4)
+    if w.model_dtype == "int8" and w.device == "cuda":
+        act = 2  # bitsandbytes computes in float16
     per_token = act * (4 * s.d_model + 3 * s.d_mlp) + 4 * 2 * s.n_heads * w.seq_max
     captured = act * s.d_model * len(w.hooks) + 4 * s.n_heads * w.seq_max * w.attention_layers
     capture_pass = int(w.batch_tokens() * (per_token + captured))
@@ -149,16 +153,37 @@ def shard_rows(w: ExtractWorkload) -> int:
     return int(min(w.shard_size, w.tokens.n_prompts) * per_prompt)
 
 
+def quantized_bytes(shape: ModelShape, dtype: str, n_layers: int | None = None) -> int:
+    """Resident weights of a bitsandbytes model on CUDA: linear weights in int8 (one float32
+    scale per row) or nf4 (half a byte, one float32 absmax per 64), the rest (embeddings,
+    norms, the head) in float16."""
+    lin = shape.linear_params(n_layers)
+    rest = shape.weight_bytes("float16", n_layers) - 2 * lin
+    if dtype == "int8":
+        return lin + 4 * shape.linear_rows(n_layers) + rest
+    return lin // 2 + lin // 16 + rest
+
+
 def weights_bytes(w: ExtractWorkload) -> tuple[int, int]:
-    """(resident weights while running, extra transient bytes while loading)."""
+    """(resident weights while running, extra transient bytes while loading).
+
+    CPU int8 is loaded tensor by tensor (`models.int8_load`): the transient is the largest
+    tensor read, the embedding table in the file's dtype. A CUDA load puts each checkpoint
+    shard on the GPU as it is read: the host holds about one shard.
+    """
     s = w.shape
-    full_file = s.weight_bytes(w.file_dtype or "float32")
+    file_dt = w.file_dtype or "float32"
+    full_file = s.weight_bytes(file_dt)
+    if w.device == "cuda":
+        if w.model_dtype in ("int8", "nf4"):
+            resident = quantized_bytes(s, w.model_dtype)
+        else:
+            resident = s.weight_bytes(w.model_dtype)
+        return resident, min(full_file, LOAD_SHARD)
     if w.model_dtype == "int8":
-        # loads in float32 (reading the whole file), then keeps int8 linears + float32 rest
-        extra = s.weight_bytes("float32") + (0 if w.file_dtype == "float32" else full_file)
-        return s.weight_bytes("int8") + s.embedding_params() * 4, extra
+        return s.weight_bytes("int8"), s.embedding_params() * DTYPE_BYTES.get(file_dt, 4)
     running = s.weight_bytes(w.model_dtype)
-    if w.file_dtype == w.model_dtype and w.device == "cpu":
+    if w.file_dtype == w.model_dtype:
         # memory-mapped: only the layers the pass reaches are ever read
         reached = None if w.generate else w.deepest + 1
         return s.weight_bytes(w.model_dtype, n_layers=reached), 0

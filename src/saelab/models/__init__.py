@@ -4,6 +4,9 @@ Usable on its own from a notebook::
 
     from saelab.models import load_model, parse_hooks, capture_prompts
     lm = load_model("default")
+
+Any `torch.nn.Module` becomes the same kind of model with `wrap(module, tokenizer,
+layers="encoder.layers")`, or from a spec with `load_model("module:package.module:factory")`.
 """
 
 from saelab.models.adapters import ADAPTERS, Adapter, Site, adapter_for, supported_families
@@ -15,6 +18,7 @@ from saelab.models.capture import (
     length_sorted_batches,
     make_batch,
 )
+from saelab.models.custom import ModuleAdapter, hook_widths, wrap
 from saelab.models.hooks import SITES, HookPoint, parse_hook, parse_hooks
 from saelab.models.loading import (
     DTYPES,
@@ -38,11 +42,13 @@ __all__ = [
     "HookPoint",
     "LoadedModel",
     "ModelSource",
+    "ModuleAdapter",
     "Site",
     "TokenizedPrompts",
     "adapter_for",
     "cache_dir",
     "capture_prompts",
+    "hook_widths",
     "length_sorted_batches",
     "load_model",
     "make_batch",
@@ -52,4 +58,5 @@ __all__ = [
     "resolve_spec",
     "supported_families",
     "tokenize_prompts",
+    "wrap",
 ]

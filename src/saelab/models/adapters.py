@@ -50,6 +50,13 @@ class Site:
         return output
 
     def read_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        if self.index is not None:  # a module-path hook point naming a positional argument
+            if self.index >= len(args):
+                raise SaelabError(
+                    f"{self.module} got {len(args)} positional input(s); hook_input_{self.index}"
+                    " names one it does not have"
+                )
+            return args[self.index]
         if args:
             return args[0]
         if "hidden_states" in kwargs:
@@ -74,6 +81,7 @@ class Adapter:
     mlp_out: tuple[str, IO]
     final_norm: tuple[str, ...]
     note: str = ""
+    module_prefix: str = ""  # where module paths of hook points live inside the run module
 
     def layers_path(self, model: torch.nn.Module) -> str:
         for path in self.layers:
@@ -88,6 +96,8 @@ class Adapter:
         )
 
     def site(self, hook: HookPoint, layers_path: str) -> Site:
+        if hook.module is not None:  # any module, read by path
+            return Site(self.module_prefix + hook.module, hook.io, hook.index)  # type: ignore[arg-type]
         base = f"{layers_path}.{hook.layer}"
         if hook.site == "resid_pre":
             return Site(base, "input")

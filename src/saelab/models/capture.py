@@ -93,8 +93,16 @@ class HookCapture:
         return by
 
     def __enter__(self) -> HookCapture:
-        for (module, io), hps in self._keys().items():
-            mod = self.model.get_submodule(module)
+        found = []
+        for (module, io), hps in self._keys().items():  # resolve all before registering any
+            try:
+                found.append((self.model.get_submodule(module), module, io, hps))
+            except AttributeError as e:
+                raise SaelabError(
+                    f"hook {hps[0].name}: this model has no module {module}; check the path"
+                    " against the model's named_modules()"
+                ) from e
+        for mod, module, io, hps in found:
             if io == "input":
                 handle = mod.register_forward_pre_hook(
                     self._pre_hook(module, hps), with_kwargs=True

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saelab.errors import SaelabError
-from saelab.models.loading import ModelSource, gguf_cache_path, resolve_spec
+from saelab.models.adapters import Adapter, adapter_for
+from saelab.models.hooks import HookPoint
+from saelab.models.loaded import LoadedModel
+from saelab.models.loading import ModelSource, gguf_cache_path, load_model, resolve_spec
+from saelab.models.module_shape import ModuleShape
 from saelab.models.shapes import ModelShape, builtin_shape, shape_from_config, shape_from_gguf
 
 _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -22,15 +26,28 @@ _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 @dataclass(frozen=True)
 class ModelInfo:
     source: ModelSource
-    shape: ModelShape
+    shape: ModelShape  # or a ModuleShape (same interface) for a custom module
     file_dtype: str  # dtype of the weights saelab will load from
     folder: Path | None  # local HF-style folder if one exists already
     gguf_pending_bytes: int  # > 0 when a GGUF file must still be converted
     config: dict | None = None  # the raw config.json when there is one
+    loaded: LoadedModel | None = None  # a custom module is built to be described: kept
 
     def adapter_config(self) -> dict:
         """What `adapter_for` needs: the real config, else the family from the shape."""
         return self.config or {"model_type": self.shape.family}
+
+    def adapter(self) -> Adapter:
+        """The model's adapter: a custom module's own, else the one of its family."""
+        return (
+            self.loaded.adapter if self.loaded is not None else adapter_for(self.adapter_config())
+        )
+
+    def hook_for_module_path(self, path: str) -> HookPoint | None:
+        """Module paths typed by a user, resolved without loading an HF model's weights."""
+        if self.loaded is not None:
+            return self.loaded.hook_for_module_path(path)
+        return self.adapter().hook_for_module_path(path)
 
 
 def safetensors_dtype(folder: Path) -> str | None:
@@ -66,6 +83,9 @@ def _cached_hub_folder(repo: str) -> Path | None:
 
 def describe_model(spec: str) -> ModelInfo:
     source = resolve_spec(spec)
+    if source.kind == "module":  # built by its factory (cheap for a model one trains oneself)
+        lm = load_model(spec)
+        return ModelInfo(source, ModuleShape.of(lm), lm.dtype, None, 0, None, lm)  # type: ignore[arg-type]
     if source.kind == "gguf":
         gguf = Path(source.location)
         cached = gguf_cache_path(gguf)

@@ -5,6 +5,13 @@ saelab names every activation it reads or edits with the TransformerLens/SAELens
 resolve without translation. Users may type short forms (`resid_post.12`, `resid_post.0-29`,
 `resid_post.-1`, `mlp_out.*`) or Hugging Face module paths (`model.layers.12`); all become
 `HookPoint`s here. Module paths need the model's adapter, so they are resolved through it.
+
+Any module of any model can also be read directly by its path: `encoder.layers.8.ff.hook_output`
+(the module's output; element 0 of a tuple), `...hook_output_1` (element 1), `...hook_input`
+(its first positional input; `hook_input_2` the third). Such a hook point is a value like the
+others (site "module"): it parses without the model, so stored names round-trip, and its
+`layer` is the first number in the path (the block it sits in; 0 outside the blocks), used
+for sorting only.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ SITES: tuple[str, ...] = (
     "resid_post",
 )
 _SITE_ORDER = {s: i for i, s in enumerate(SITES)}
+#: The site of a hook point named by module path; it sorts mid-block (after resid_mid).
+MODULE_SITE = "module"
+_MODULE_ORDER = _SITE_ORDER["resid_mid"]
+IOS = ("input", "output")
 _ALIASES = {
     "attn.hook_pattern": "pattern",
     "hook_pattern": "pattern",
@@ -37,29 +48,86 @@ _ALIASES = {
 
 @dataclass(frozen=True)
 class HookPoint:
-    """One activation site: a layer and what is read there."""
+    """One activation site: a layer and what is read there.
+
+    Canonical sites are `HookPoint(layer, site)`. A module-path hook point
+    (`HookPoint.at_module("encoder.layers.8.ff")`) also carries the module path, whether its
+    input or output is read, and which tuple element (None: the tensor itself, or element 0).
+    """
 
     layer: int
     site: str
+    module: str | None = None
+    io: str = "output"
+    index: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.site == MODULE_SITE) != (self.module is not None):
+            raise ValueError("a module path goes with site 'module', and only there")
+        if self.io not in IOS:
+            raise ValueError(f"io must be one of {IOS}, got {self.io!r}")
+        if self.index is not None and self.index < 0:
+            raise ValueError(f"tuple index must be >= 0, got {self.index}")
+
+    @classmethod
+    def at_module(cls, path: str, io: str = "output", index: int | None = None) -> HookPoint:
+        """The hook point reading module `path` (dotted, as `named_modules` spells it)."""
+        if not _MODULE_PATH.fullmatch(path):
+            raise SaelabError(
+                f"module path {path!r} is not a dotted module path such as encoder.layers.8"
+            )
+        return cls(module_layer(path), MODULE_SITE, path, io, index)
+
+    @property
+    def is_module(self) -> bool:
+        return self.module is not None
 
     @property
     def name(self) -> str:
-        """The canonical name, e.g. `blocks.12.hook_resid_post`."""
+        """The canonical name, e.g. `blocks.12.hook_resid_post` or `enc.layers.8.hook_output`."""
+        if self.module is not None:
+            tail = "" if self.index is None else f"_{self.index}"
+            return f"{self.module}.hook_{self.io}{tail}"
         if self.site == "pattern":
             return f"blocks.{self.layer}.attn.hook_pattern"
         return f"blocks.{self.layer}.hook_{self.site}"
 
     @property
     def short(self) -> str:
-        return f"{self.site}.{self.layer}"
+        return self.name if self.module is not None else f"{self.site}.{self.layer}"
 
     @property
     def order(self) -> tuple[int, int]:
         """Position in the forward pass: hooks sort by when they fire."""
+        if self.module is not None:
+            return (self.layer, _MODULE_ORDER)
         return (self.layer, _SITE_ORDER[self.site])
 
     def __str__(self) -> str:
         return self.name
+
+
+_MODULE_PATH = re.compile(r"[A-Za-z_]\w*(?:\.\w+)*")
+_MODULE_HOOK = re.compile(
+    r"^(?P<path>[A-Za-z_]\w*(?:\.\w+)*)\.hook_(?P<io>input|output)(?:_(?P<i>\d+))?$"
+)
+
+
+def module_layer(path: str) -> int:
+    """The block a module path sits in: its first all-digit component (0 when none)."""
+    for part in path.split("."):
+        if part.isdigit():
+            return int(part)
+    return 0
+
+
+def parse_module_hook(text: str) -> HookPoint | None:
+    """`PATH.hook_output[_N]` / `PATH.hook_input[_N]` as a hook point; None for other text."""
+    m = _MODULE_HOOK.match(text.strip())
+    if not m:
+        return None
+    i = m.group("i")
+    return HookPoint.at_module(m.group("path"), m.group("io"), None if i is None else int(i))
 
 
 _CANON = re.compile(r"^blocks\.(-?\d+)\.(?:hook_(\w+)|attn\.hook_pattern)$")
@@ -103,6 +171,9 @@ def parse_hook(
 ) -> list[HookPoint]:
     """Expand one hook spec into hook points (a range gives several)."""
     text = spec.strip()
+    mod = parse_module_hook(text)
+    if mod is not None:
+        return [mod]
     m = _CANON.match(text)
     if m:
         site = "pattern" if m.group(2) is None else _site(m.group(2), spec)
@@ -123,13 +194,15 @@ def parse_hook(
     if module_path is not None:
         hp = module_path(text)
         if hp is not None:
-            _layer(hp.layer, n_layers, spec)
+            if not hp.is_module:
+                _layer(hp.layer, n_layers, spec)
             return [hp]
     if m and "." not in m.group(1):
         _site(m.group(1), spec)  # SITE.L with an unknown SITE: say which sites exist
     raise SaelabError(
         f"cannot read hook {spec!r}: write blocks.L.hook_SITE, SITE.L, SITE.A-B or SITE.* with"
-        f" SITE one of {', '.join(SITES)}, or a module path such as model.layers.L"
+        f" SITE one of {', '.join(SITES)}, a module path such as model.layers.L, or"
+        " PATH.hook_output / PATH.hook_input for any module"
     )
 
 
@@ -154,4 +227,5 @@ def hook_names(hooks: Iterable[HookPoint]) -> list[str]:
 
 
 def deepest_layer(hooks: Iterable[HookPoint]) -> int:
+    """The deepest block a capture must reach (module hook points count by `layer`)."""
     return max(h.layer for h in hooks)

@@ -19,16 +19,38 @@ import torch.nn.functional as F
 class Int8Linear(torch.nn.Module):
     """A linear layer holding int8 weights with per-row float32 scales."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear | None = None, *, shape: tuple[int, int] = (0, 0)):
+        """From a float linear layer, or (`linear=None`) an empty (out, in) shell for
+        `load_weight` to fill, so a loader never holds the float weights of the whole model."""
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
-        self.register_buffer("qweight", torch.round(w / scale[:, None]).to(torch.int8))
-        self.register_buffer("scale", scale)
-        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        out_f, in_f = shape if linear is None else (linear.out_features, linear.in_features)
+        self.in_features = in_f
+        self.out_features = out_f
+        self.register_buffer("qweight", torch.empty((out_f, in_f), dtype=torch.int8))
+        self.register_buffer("scale", torch.empty(out_f, dtype=torch.float32))
+        bias = None
+        if linear is not None and linear.bias is not None:
+            bias = linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)
+        if linear is not None:
+            self.load_weight(linear.weight.detach())
+
+    def load_weight(self, w: torch.Tensor, rows: int = 4096) -> None:
+        """Quantise a float (out, in) weight into this layer, a block of rows at a time (the
+        float32 temporaries stay a few MB whatever the layer's size)."""
+        if tuple(w.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"weight of shape {tuple(w.shape)} for an Int8Linear of"
+                f" {(self.out_features, self.in_features)}"
+            )
+        for a in range(0, self.out_features, rows):
+            block = w[a : a + rows].float()
+            scale = (block.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+            self.qweight[a : a + rows] = torch.round(block / scale[:, None]).to(torch.int8)
+            self.scale[a : a + rows] = scale
+
+    def load_bias(self, b: torch.Tensor) -> None:
+        self.bias = b.detach().float().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.qweight.to(x.dtype) * self.scale.to(x.dtype)[:, None]

@@ -66,11 +66,18 @@ def _pre_hook(items: list[_Item]) -> Callable[..., tuple[tuple[Any, ...], dict[s
     def hook(
         mod: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if args and isinstance(args[0], torch.Tensor):
-            x = args[0]
+        site = items[0][1]  # one (module, input, index) per group; see _plan
+        i = site.index or 0
+        if len(args) > i and isinstance(args[i], torch.Tensor):
+            x = args[i]
             for hp, _, fn in items:
                 x = _apply(hp, fn, x)
-            return (x, *args[1:]), kwargs
+            return (*args[:i], x, *args[i + 1 :]), kwargs
+        if i:
+            raise SaelabError(
+                f"{site.module} got {len(args)} positional input(s); hook_input_{i} names one"
+                " it does not have"
+            )
         name = _tensor_kwarg(kwargs)
         if name is None:
             raise RuntimeError(f"no tensor input reaches {items[0][1].module}")
@@ -123,7 +130,7 @@ def _plan(
                 " attention module has already used them when its output appears); edit"
                 " attn_out or resid_* instead"
             )
-        if not 0 <= hook.layer < n_layers:
+        if not hook.is_module and not 0 <= hook.layer < n_layers:
             raise SaelabError(
                 f"hook {hook.name}: layer {hook.layer} is past the model's depth ({n_layers}"
                 f" layers, numbered 0-{n_layers - 1}); pick a layer in that range"
@@ -132,11 +139,17 @@ def _plan(
         try:
             model.get_submodule(site.module)
         except AttributeError as e:
+            if hook.is_module:
+                raise SaelabError(
+                    f"hook {hook.name}: this model has no module {hook.module}; check the path"
+                    " against the model's named_modules()"
+                ) from e
             raise SaelabError(
                 f"hook {hook.name}: module {site.module} is missing from this {adapter.family}"
                 " model; it may be a variant saelab does not support yet: please report it"
             ) from e
-        groups.setdefault((site.module, site.io), []).append((hook, site, edits[hook]))
+        key = (site.module, site.io if site.io == "output" else f"input{site.index or 0}")
+        groups.setdefault(key, []).append((hook, site, edits[hook]))
     return groups
 
 
@@ -156,7 +169,7 @@ def replace_activations(
     try:
         for (module, io), items in groups.items():
             mod = model.get_submodule(module)
-            if io == "input":
+            if io.startswith("input"):
                 handles.append(mod.register_forward_pre_hook(_pre_hook(items), with_kwargs=True))
             else:
                 handles.append(mod.register_forward_hook(_post_hook(items)))

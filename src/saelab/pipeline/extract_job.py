@@ -18,6 +18,7 @@ from saelab.budget.estimate import (
     estimate_extract,
 )
 from saelab.budget.planner import Budget, Limits, auto_batch_size, fit_shard_size
+from saelab.budget.targets import Target, gpu_total_here, parse_target, plan_device
 from saelab.data import PromptTable, demo_prompts, read_prompts
 from saelab.errors import SaelabError
 from saelab.models.capture import POSITIONS
@@ -67,6 +68,7 @@ class ExtractOptions:
     stop: list[str] | None = None  # cleaned answer = text up to the first stop string
     attentions: str | None = None  # layers whose attention maps to record ("0,5", "all")
     heads: str | None = None  # heads of those layers to keep (default all)
+    target: str | None = None  # plan only: a machine profile (t4, a100-40g, gpu:24GB, ...)
 
     def budget(self) -> Budget:
         return Budget(
@@ -93,6 +95,7 @@ class ExtractJob:
     batch_size: int = 1
     shard_size: int = 1
     limits: Limits | None = None
+    target: Target | None = None  # planning for this machine profile
 
     def token_stats(self) -> TokenStats:
         if self.tokens is not None:
@@ -186,8 +189,12 @@ def default_run_dir(prompts: PromptTable, model_name: str) -> Path:
     return Path("runs") / f"{stem}-{model_name.split('/')[-1]}"
 
 
-def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJob:
-    """Validate options; resolve hooks, device, run folder. Cheap: loads no weights."""
+def prepare_extract(
+    o: ExtractOptions, tokenizer: Any | None = None, planning: bool = False
+) -> ExtractJob:
+    """Validate options; resolve hooks, device, run folder. Cheap: loads no weights.
+
+    `planning`: the device need not be here (a plan for cuda, or for `o.target`)."""
     if o.generate is None:
         _choose(o.positions, (*POSITIONS, "generated"), "--positions")
     _choose(o.dtype, DTYPES, "--dtype")
@@ -206,10 +213,8 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
             raise SaelabError(f"--limit {o.limit} must be at least 1")
         prompts = prompts.select(range(min(o.limit, len(prompts))))
     info = describe_model(o.model)
-    from saelab.models.adapters import adapter_for
-
-    adapter = adapter_for(info.adapter_config())
-    hooks = parse_hooks(o.hooks, info.shape.n_layers, adapter.hook_for_module_path)
+    adapter = info.adapter()
+    hooks = parse_hooks(o.hooks, info.shape.n_layers, info.hook_for_module_path)
     for h in hooks:
         adapter.site(h, adapter.layers[0])  # e.g. resid_mid of a parallel-residual block
     patterns = [h.name for h in hooks if h.site == "pattern"]
@@ -223,10 +228,12 @@ def prepare_extract(o: ExtractOptions, tokenizer: Any | None = None) -> ExtractJ
     from saelab.store.codecs import check_dtype, check_keep_bits
 
     check_keep_bits(o.keep_bits, check_dtype(store_dtype))
-    device = resolve_device(o.device).type
+    target = parse_target(o.target) if o.target else None
+    device = plan_device(o.device, target) if planning else resolve_device(o.device).type
     run_dir = Path(o.run) if o.run else default_run_dir(prompts, info.source.name)
     job = ExtractJob(o, prompts, info, hooks, device, RunFolder(run_dir), store_dtype)
     job.attention_layers, job.heads = attention_layers, heads
+    job.target = target
     if tokenizer is not None:
         job.tokens = tokenize_for(job, tokenizer)
     return job
@@ -262,7 +269,8 @@ def resolve_sizes(job: ExtractJob) -> None:
     """Fix batch and shard sizes: recorded ones on resume, else from the budget."""
     o = job.options
     recorded = job.run.read_config().get("extract", {}) if not o.overwrite else {}
-    job.limits = o.budget().resolve(job.run.path, gpu_total=_gpu_total(job.device))
+    gpu = gpu_total_here() if job.device == "cuda" else None
+    job.limits = o.budget().resolve(job.run.path, gpu_total=gpu, target=job.target)
     if o.batch_size == "auto" or o.batch_size is None:
         if recorded.get("batch_size"):
             job.batch_size = int(recorded["batch_size"])
@@ -284,11 +292,3 @@ def resolve_sizes(job: ExtractJob) -> None:
     else:
         job.shard_size = default_shard_size(job.workload(shard_size=1))
         job.shard_size = fit_shard_size(job.workload(), job.limits, estimate_extract)
-
-
-def _gpu_total(device: str) -> int | None:
-    if device != "cuda":
-        return None
-    import torch
-
-    return int(torch.cuda.get_device_properties(0).total_memory)

@@ -9,6 +9,7 @@ the run's manifest, where `extract` later writes what it measured beside it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,13 @@ from saelab.budget.calibrate import (
     machine_flops,
 )
 from saelab.budget.estimate import Estimate, estimate_extract
-from saelab.budget.planner import Verdict, judge, suggest_extract
+from saelab.budget.planner import (
+    NOTHING_FITS,
+    Verdict,
+    judge,
+    speed_tips,
+    suggest_extract,
+)
 from saelab.models.describe import describe_model
 from saelab.models.loading import LoadedModel, load_model
 from saelab.pipeline.extract_job import (
@@ -68,7 +75,9 @@ class PlanResult:
 
 
 def load_tokenizer(job: ExtractJob) -> Any | None:
-    """The tokenizer, when it is cheap to get (a local or cached folder)."""
+    """The tokenizer, when it is cheap to get (a local or cached folder, a custom module's)."""
+    if job.info.loaded is not None:
+        return job.info.loaded.tokenizer
     if job.info.folder is None:
         return None
     from transformers import AutoTokenizer
@@ -92,13 +101,28 @@ def estimate_job(
             load_seconds=load_seconds,
             step_seconds=calibration.step_seconds,
         )
+    elif job.target is not None:
+        est = estimate_extract(w, flops_per_s=job.target.flops(w.model_dtype))
+        est.notes = [n for n in est.notes if "FLOP estimate" not in n]
+        est.notes.append(f"time from {job.target.name}'s estimated throughput, not measured")
     else:
         est = estimate_extract(w, flops_per_s=machine_flops(), load_seconds=load_seconds)
+    if job.device == "cuda" and job.limits is not None and job.limits.gpu is None:
+        est.notes.append(
+            "no GPU here: GPU memory is not checked; pass --target (e.g. t4) or --max-gpu-memory"
+        )
     assert job.limits is not None
     verdict = judge(est, job.limits)
     if not verdict.fits:
-        verdict.suggestions = suggest_extract(w, job.limits)
+        verdict.suggestions = [as_flag_text(x) for x in suggest_extract(w, job.limits)]
+    else:
+        verdict.tips = [as_flag_text(x) for x in speed_tips(w, job.limits)]
     return PlanResult(job, est, verdict, calibration)
+
+
+def as_flag_text(text: str) -> str:
+    """Setting names as the lower layers write them (`batch_size` 4) as CLI flags."""
+    return re.sub(r"`(\w+)`", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def plan_extract(
@@ -110,7 +134,9 @@ def plan_extract(
     cost a fresh process seconds, and the real run pays them too.
     """
     t0 = time.perf_counter()
-    job = prepare_extract(options)
+    job = prepare_extract(options, planning=True)
+    if job.target is not None:
+        calibrate = False  # another machine's speed cannot be timed here
     tok = lm.tokenizer if lm is not None else load_tokenizer(job)
     if tok is not None:
         job.tokens = tokenize_for(job, tok)
@@ -193,6 +219,8 @@ def render_plan(result: PlanResult) -> None:
         detail.append(f"measured {result.calibration.tokens_per_s:,.0f} tokens/s")
     out.print("  " + "; ".join(detail))
     lim = job.limits
+    if job.target is not None:
+        out.print(f"  target {job.target.summary()}")
     if lim is not None:
         out.print(
             f"  limits: RAM {format_bytes(lim.memory)}, disk {format_bytes(lim.disk)}"
@@ -202,5 +230,10 @@ def render_plan(result: PlanResult) -> None:
         out.print(f"  note: {note}")
     for prob in result.verdict.problems:
         out.print(f"  [red]problem:[/red] {prob}")
-    if result.verdict.suggestions:
-        out.print("  would fit with: " + "; or ".join(result.verdict.suggestions))
+    sugg = result.verdict.suggestions
+    if sugg and sugg[0].startswith(NOTHING_FITS):
+        out.print(f"  [red]{NOTHING_FITS}[/red]{sugg[0][len(NOTHING_FITS) :]}")
+    elif sugg:
+        out.print("  would fit with: " + "; or ".join(sugg))
+    for tip in result.verdict.tips:
+        out.print(f"  faster: {tip}")

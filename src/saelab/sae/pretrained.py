@@ -124,36 +124,123 @@ def load_sae(
         fmt = detect(p).name
         return LoadedSAE(load_local(p, dtype=dtype, device=device), [], fmt)
     from saelab.hub import Fetcher, parse_hf_uri
-    from saelab.sae.formats import candidates, folder_of
 
     hp = parse_hf_uri(location)
     fetcher = fetcher or Fetcher()
+    found = probe_remote(hp, fetcher)
+    files: list[Path] = []
+    try:
+        for r in found.required:
+            files.append(fetcher.fetch(hp.repo_id, r, hp.revision))
+        for o in found.optional:
+            files.append(fetcher.fetch(hp.repo_id, o, hp.revision))
+        spec = found.spec
+        target = files[0] if spec.is_file else _up(files[0], found.required[0], found.folder)
+        return LoadedSAE(load_local(target, dtype=dtype, device=device), files, spec.name)
+    except BaseException:
+        for f in files:
+            fetcher.release(f)
+        raise
+
+
+@dataclass(frozen=True)
+class RemoteSAE:
+    """Which files of a hub SAE its format needs, found with HEAD requests only."""
+
+    spec: Any  # the FormatSpec
+    folder: str  # the SAE's folder inside the repository
+    required: list[str]
+    optional: list[str]  # those present
+    sizes: dict[str, int]  # bytes per file, from the HEAD answers
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes.values())
+
+
+def probe_remote(hp: Any, fetcher: Any) -> RemoteSAE:
+    """For each known format in order, one HEAD per required file; the first format whose
+    files all exist wins, with the optional files present. Nothing is downloaded."""
+    from saelab.sae.formats import candidates, folder_of
+
     tried: list[str] = []
     for spec in candidates(hp.path):
         folder = folder_of(hp.path, spec)
         required = [hp.path if f == "" else _join(folder, f) for f in spec.required]
         tried.append(f"{spec.name} ({', '.join(posixpath.basename(r) or r for r in required)})")
-        if any(fetcher.size(hp.repo_id, r, hp.revision) is None for r in required):
+        sizes: dict[str, int] = {}
+        for r in required:
+            size = fetcher.size(hp.repo_id, r, hp.revision)
+            if size is None:
+                break
+            sizes[r] = size
+        if len(sizes) < len(required):
             continue
         optional = [_join(folder, f) for f in spec.optional]
         optional = [o for o in dict.fromkeys(optional) if not o.startswith("..")]  # in the repo
-        optional = [o for o in optional if fetcher.size(hp.repo_id, o, hp.revision) is not None]
-        files: list[Path] = []
-        try:
-            for r in required:
-                files.append(fetcher.fetch(hp.repo_id, r, hp.revision))
-            for o in optional:
-                files.append(fetcher.fetch(hp.repo_id, o, hp.revision))
-            target = files[0] if spec.is_file else _up(files[0], required[0], folder)
-            return LoadedSAE(load_local(target, dtype=dtype, device=device), files, spec.name)
-        except BaseException:
-            for f in files:
-                fetcher.release(f)
-            raise
+        present = []
+        for o in optional:
+            size = fetcher.size(hp.repo_id, o, hp.revision)
+            if size is not None:
+                present.append(o)
+                sizes[o] = size
+        return RemoteSAE(spec, folder, required, present, sizes)
     raise SaelabError(
-        f"{location}: no SAE found there; looked for {'; '.join(tried)}. Check the path"
+        f"{hp.uri}: no SAE found there; looked for {'; '.join(tried)}. Check the path"
         " (a folder or file inside the repository)"
     )
+
+
+def sae_downloads(sources: list[SAESource], fetcher: Any | None = None) -> list[list[Any]]:
+    """The hub files each source's SAE would fetch (`HubPath`s, one group per SAE, held
+    together while its hook is encoded); local SAEs need none. For a disk check before
+    any work: `saelab.hub.disk.disk_report(sae_downloads(sources), run_dir)`."""
+    from saelab.hub import Fetcher, HubPath, parse_hf_uri
+
+    fetcher = fetcher or Fetcher(quiet=True)
+    groups = []
+    for src in sources:
+        if not is_remote(src.location):
+            continue
+        hp = parse_hf_uri(src.location)
+        found = probe_remote(hp, fetcher)
+        groups.append(
+            [HubPath(hp.repo_id, f, hp.revision) for f in [*found.required, *found.optional]]
+        )
+    return groups
+
+
+def sae_disk_report(
+    sources: list[SAESource],
+    target_dir: str | Path,
+    *,
+    max_disk: int | None = None,
+    evict: bool | None = None,
+    writes: int = 0,
+    fetcher: Any | None = None,
+) -> Any:
+    """Before any work (no model loaded, nothing downloaded): the `DiskReport` of every SAE
+    file the sources need, from the cache and HEAD requests; raises BudgetError when a
+    `max_disk` or the free disk cannot hold it. `evict=None` is the Fetcher's automatic
+    mode, which deletes released files when room is needed, so its peak is one SAE's files."""
+    from saelab.hub.disk import disk_report
+
+    fetcher = fetcher or _quiet_fetcher()
+    report = disk_report(
+        sae_downloads(sources, fetcher),
+        target_dir,
+        writes=writes,
+        evict=evict is not False,
+        fetcher=fetcher,
+    )
+    report.check(max_disk)
+    return report
+
+
+def _quiet_fetcher() -> Any:
+    from saelab.hub import Fetcher
+
+    return Fetcher(quiet=True)
 
 
 def _join(base: str, rel: str) -> str:
