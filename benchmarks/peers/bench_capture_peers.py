@@ -20,8 +20,9 @@ ratios are medians of paired ratios (method time / saelab time > 1: saelab faste
 
 RSS: each method alone in a child process that loads the model its own way (saelab and
 HF: the HF model; TransformerLens: the HF model converted to a HookedTransformer, as users
-must; nnsight: the HF model wrapped) and captures all batches; its resident memory then (the target's measure: model(s) and outputs
-held) and its peak (ru_maxrss, which the model load sets for every method alike).
+must; nnsight: the HF model wrapped) and captures all batches; its resident memory then
+(the target's measure: model(s) and outputs held) and its peak (ru_maxrss, which the model
+load sets for every method alike).
 
     .venv-peers/bin/python benchmarks/peers/bench_capture_peers.py [--quick] [--json OUT]
 """
