@@ -39,9 +39,9 @@ UNIT = {"capture": "prompts", "train": "steps", "encode": "rows", "contrast": "h
 
 
 def _peak_mb() -> float:
-    import resource
+    from saelab.budget.measure import process_peak_rss  # VmHWM, not the parent's ru_maxrss
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return process_peak_rss() / 2**20
 
 
 def _rss_mb() -> float:

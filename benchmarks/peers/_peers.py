@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,8 +96,11 @@ def to_nnsight(lm: Any):
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss, KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process image (VmHWM: `ru_maxrss` would carry the
+    parent's high-water mark into a child across fork and exec)."""
+    from saelab.budget.measure import process_peak_rss
+
+    return process_peak_rss() / 2**20
 
 
 def rss_mb() -> float:
