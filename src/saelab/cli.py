@@ -215,7 +215,10 @@ def train(
     k: Annotated[int | None, typer.Option(help="active latents per token (topk, batchtopk)")] = 32,
     l1: Annotated[float, typer.Option(help="relu: L1 coefficient")] = 0.2,
     l0_coef: Annotated[float, typer.Option(help="jumprelu: L0 coefficient")] = 2e-3,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 4e-4,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Adam learning rate (default: 0.03/sqrt(d_in) topk, else 4e-4)"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="tokens per step")] = 1024,
     tokens: Annotated[
         int | None,

@@ -70,20 +70,19 @@ def run_contrast(o: ContrastOptions) -> dict[str, Any]:
         raise SaelabError(f"--min-active {o.min_active} must be at least 1")
     labels = read_labels(run.path, o.groups, o.group_column)
     hooks, blocks_of = _inputs(o, run)
-    per_hook: dict[str, dict[str, np.ndarray]] = {}
-    from saelab.stats import TwoGroupAccumulator, two_group_stats
+    from saelab.stats import hook_tables
+
+    def labelled(hook: str):  # one hook's blocks, reduced to the prompts of the two groups
+        for block in blocks_of(hook):
+            a = labels.in_a[block.prompt_index]
+            keep = a | labels.in_b[block.prompt_index]
+            if keep.any():
+                yield block.x[np.flatnonzero(keep)], a[keep]
 
     with Reporter("contrast", total=len(hooks), unit="hooks", quiet=o.quiet) as rep:
-        for hook, width in hooks:
-            acc = TwoGroupAccumulator(width)
-            for block in blocks_of(hook):
-                a = labels.in_a[block.prompt_index]
-                b = labels.in_b[block.prompt_index]
-                keep = a | b
-                if keep.any():
-                    acc.add(block.x[np.flatnonzero(keep)], a[keep])
-            per_hook[hook] = two_group_stats(acc, min_active=o.min_active)
-            rep.advance(1)
+        per_hook = hook_tables(
+            hooks, labelled, min_active=o.min_active, done=lambda _h: rep.advance(1)
+        )
     table = _table(o, per_hook)
     summary = _summary(o, labels, per_hook, table)
     _write(run, table, summary)

@@ -47,7 +47,7 @@ class TrainOptions:
     k: int | None = 32
     l1: float = 0.2
     l0_coef: float = 2e-3
-    lr: float = 4e-4
+    lr: float | None = None  # None: saelab.sae.train.default_lr (0.03/sqrt(d_in) for topk)
     batch_size: int = 1024
     tokens: int | None = None  # training tokens (default: --epochs over the data)
     epochs: int = 1
