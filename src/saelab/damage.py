@@ -12,6 +12,7 @@ it never imports the run machinery.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,28 +95,6 @@ def tensors_crc32c(tensors: Mapping[str, Any]) -> str:
     return f"{crc:08x}"
 
 
-def stable_header(blob: bytes) -> bytes:
-    """A safetensors file with its header metadata in sorted key order.
-
-    The safetensors library keeps header metadata in a hash map whose order changes from one
-    process to the next, so two writes of the same tensors with two or more metadata keys
-    (`format` and `CRC_KEY`) differ in their bytes: a resumed run, or `saelab verify`, would
-    see another file. Reordering keeps the header's length, so the data offsets hold."""
-    n = int.from_bytes(blob[:8], "little")
-    raw = blob[8 : 8 + n]
-    text = raw.decode("utf-8")
-    header = json.loads(text)
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or len(meta) < 2:
-        return blob
-    header["__metadata__"] = dict(sorted(meta.items()))
-    out = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
-    out = out.ljust(len(text))  # safetensors pads the header with spaces
-    if len(out.encode("utf-8")) != n:  # not the layout expected: leave the file as written
-        return blob
-    return blob[:8] + out.encode("utf-8") + blob[8 + n :]
-
-
 def check_crc(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) -> str | None:
     """None when the stored checksum matches (or there is none), else what is wrong."""
     want = (metadata or {}).get(CRC_KEY)
@@ -123,3 +102,18 @@ def check_crc(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None) ->
         return None
     got = tensors_crc32c(tensors)
     return None if got == want else f"crc32c {got} of its tensors, recorded {want}"
+
+
+def stable_header(blob: bytes) -> bytes:
+    """The same safetensors file with its header's keys in sorted order.
+
+    safetensors writes `__metadata__` from a hash map whose order changes from one process to
+    the next, so two runs that store the same tensors and metadata would differ in their
+    header bytes; a resumed run must end byte-identical to an uninterrupted one. Offsets are
+    relative to the data, so only the header is rewritten (padded with spaces to 8 bytes, as
+    safetensors does)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + n :]

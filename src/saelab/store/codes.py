@@ -29,7 +29,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from saelab.atomic import atomic_write_bytes, atomic_write_json
-from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
+from saelab.damage import (
+    CRC_KEY,
+    Origin,
+    check_crc,
+    one_line,
+    origin_of,
+    stable_header,
+    tensors_crc32c,
+)
 from saelab.errors import SaelabError
 from saelab.progress import say
 
@@ -125,7 +133,7 @@ class CodesWriter:
             "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
             "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
         }
-        blob = save(tensors, metadata={CRC_KEY: tensors_crc32c(tensors)})
+        blob = stable_header(save(tensors, metadata={CRC_KEY: tensors_crc32c(tensors)}))
         atomic_write_bytes(self.dir / _shard_file(shard), blob, f"codes shard {shard:05d}")
         return len(blob)
 
