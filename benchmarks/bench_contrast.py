@@ -208,6 +208,55 @@ def part2_child(n_hooks: int, n_prompts: int, n_features: int) -> dict[str, Any]
     }
 
 
+def part3_child(n_hooks: int, n_prompts: int, n_features: int, workers: int) -> dict[str, Any]:
+    """Runs in a fresh process: the same job as part 2 through `hook_tables` with `workers`
+    forked processes; each worker generates its hook's codes (standing in for reading them)."""
+    import resource
+
+    import numpy as np
+
+    from saelab.budget.measure import process_peak_rss
+    from saelab.stats import bh_adjust, hook_tables
+
+    n_a = n_prompts // 2
+
+    def blocks_of(hook: str):
+        x, in_a = make_hook(100 + int(hook), n_a, n_prompts - n_a, n_features)
+        return [(x, in_a)]
+
+    t0 = time.perf_counter()
+    tables = hook_tables([(str(h), n_features) for h in range(n_hooks)], blocks_of,
+                         workers=workers)  # fmt: skip
+    for res in tables.values():
+        for src in ("p_t", "p_u", "p_rate"):
+            res["q_hook" + src[1:]] = bh_adjust(res[src])
+    q = {src: bh_adjust(np.concatenate([t[src] for t in tables.values()]))
+         for src in ("p_t", "p_u", "p_rate")}  # fmt: skip
+    wall = time.perf_counter() - t0
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    parent_peak = process_peak_rss()
+    return {
+        "hooks": n_hooks,
+        "workers": workers,
+        "wall_seconds": wall,
+        "parent_peak_rss_bytes": parent_peak,
+        "largest_worker_peak_rss_bytes": child_peak,
+        "peak_rss_bound_bytes": parent_peak + workers * child_peak,
+        "significant_q05": {k: int(np.sum(v < 0.05)) for k, v in q.items()},
+    }
+
+
+def part3(a: Any, n_hooks: int, n_prompts: int, n_features: int, workers: int) -> dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--part3-child",
+           f"{n_hooks},{n_prompts},{n_features},{workers}"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, env=C.subprocess_env(a.threads), capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"part 3 child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def part2(a: Any, n_hooks: int, n_prompts: int, n_features: int) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -228,6 +277,10 @@ def main() -> None:
         hooks, prompts, features = (int(v) for v in sys.argv[2].split(","))
         print(json.dumps(part2_child(hooks, prompts, features)))
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--part3-child":
+        hooks, prompts, features, workers = (int(v) for v in sys.argv[2].split(","))
+        print(json.dumps(part3_child(hooks, prompts, features, workers)))
+        return
     p = C.base_parser(__doc__)
     p.add_argument("--prompts", type=int, default=6400, help="prompts, half per group (6400)")
     p.add_argument("--features", type=int, default=32768, help="SAE width (default 32768)")
@@ -236,6 +289,7 @@ def main() -> None:
     )
     p.add_argument("--hooks", type=int, default=None, help="hooks in part 2 (31; quick: 12)")
     p.add_argument("--budget", type=float, default=None, help="seconds of timed rounds, part 1")
+    p.add_argument("--workers", type=int, default=2, help="part 3: hooks in flight (default 2)")
     a = p.parse_args()
     C.pin_threads(a.threads)
     f1 = a.part1_features or (16384 if a.quick else a.features)
@@ -341,10 +395,35 @@ def main() -> None:
             f" over the generation baseline; {n_hooks} hooks",
         )
     )
+    r3 = part3(a, n_hooks, a.prompts, a.features, a.workers)
+    wall_31 = r3["wall_seconds"] * full_hooks / n_hooks
+    print(
+        f"\npart 3: the same {n_hooks} hooks through saelab.stats.hook_tables with"
+        f" {a.workers} forked workers (each generates its hook's codes): wall"
+        f" {r3['wall_seconds']:.1f} s incl. generation (sequential part 2:"
+        f" {r2['wall_seconds']:.1f} s); peak RSS parent {r3['parent_peak_rss_bytes'] / GB:.2f} GB,"
+        f" largest worker {r3['largest_worker_peak_rss_bytes'] / GB:.2f} GB; significant"
+        f" {r3['significant_q05']} (part 2: {r2['significant_q05']})"
+    )
+    same = r3["significant_q05"] == r2["significant_q05"]
+    ok_par = wall_31 < 30.0 and r3["peak_rss_bound_bytes"] < 2 * GB and same
+    print(
+        C.summary_line(
+            "contrast.parallel_31_hooks_30s_over_measured",
+            30.0 / wall_31,
+            ">= 1.0 (31 hooks < 30 s incl. generation, all processes < 2 GB)",
+            ok_par,
+            f"{wall_31:.1f} s for 31 hooks with {a.workers} workers"
+            + (f" (extrapolated from {n_hooks})" if extrapolated else "")
+            + f"; RSS bound parent + {a.workers} x worker"
+            f" {r3['peak_rss_bound_bytes'] / GB:.2f} GB; results as sequential: {same}",
+        )
+    )
     C.dump_json(
         a.json,
         {
             "benchmark": "contrast",
+            "part3": r3,
             "machine": C.machine(),
             "config": {
                 "prompts": a.prompts,

@@ -5,7 +5,7 @@ Part 1, same model, loss and optimizer. Real activations of SmolLM2-135M
 `blocks.7.hook_resid_post` over standard-library docstrings (BOS dropped) are captured once.
 Both implementations start from the same initial weights, scale inputs to unit mean norm,
 start b_dec at the data mean, minimise MSE + AuxK/32 (dead latents counted in the same token
-window), clip gradient norms at 1, use Adam at lr 4e-4 with the same warm-up and decay, and
+window), clip gradient norms at 1, use Adam at the default lr with the same warm-up and decay, and
 renormalise decoder rows after each step. They differ only in how a step is computed:
 
   dense   encode, top-k, scatter into a dense (batch x d_sae) code, dense decode, autograd
@@ -73,7 +73,7 @@ class DenseTopK:
         self.W_dec = torch.nn.Parameter(ref.W_dec.detach().clone())
         self.b_dec = torch.nn.Parameter(ref.b_dec.detach().clone())
         self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
-        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.opt = torch.optim.Adam(self.params, lr=ref.lr, betas=(0.9, 0.999))
         self.scale = ref.state.scale
         self.k, self.aux_k, self.window = cfg.k, ref.aux_k, cfg.dead_window
         self.tokens, self.step_i = 0, 0

@@ -11,7 +11,7 @@ MODE=--quick
 OUT=${BENCH_OUT:-$(mktemp -d -t saelab-bench-XXXXXX)}
 mkdir -p "$OUT"
 status=0
-for b in capture early_stop store checksum extract_rss int8_load traces train encode contrast patch report ray; do
+for b in capture early_stop store checksum extract_rss int8_load traces train encode contrast patch report stream scaling ray; do
     echo "== bench_$b $MODE" >&2
     start=$(date +%s)
     if "$PY" "benchmarks/bench_$b.py" $MODE --json "$OUT/$b.json" >"$OUT/$b.txt" 2>&1; then

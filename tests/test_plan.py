@@ -7,14 +7,14 @@ import os
 import subprocess
 import sys
 
-from saelab.pipeline.extract_job import ExtractOptions
+from saelab.pipeline.extract_job import ExtractConfig
 from saelab.pipeline.plan import plan_extract, record_plan
 from saelab.run import RunFolder
 
 
 def test_plan_without_weights_for_the_default_model(tmp_path):
     res, lm = plan_extract(
-        ExtractOptions(hooks="resid_post.29", run=str(tmp_path / "r"), quiet=True),
+        ExtractConfig(hooks="resid_post.29", run=str(tmp_path / "r"), quiet=True),
         calibrate=False,
     )
     assert lm is None  # nothing was loaded
@@ -24,7 +24,7 @@ def test_plan_without_weights_for_the_default_model(tmp_path):
     assert e.parts["store"] == res.job.token_stats().n_tokens * 576 * 2
     assert e.seconds and e.seconds > 0
     shallow, _ = plan_extract(
-        ExtractOptions(hooks="resid_post.2", run=str(tmp_path / "r"), quiet=True),
+        ExtractConfig(hooks="resid_post.2", run=str(tmp_path / "r"), quiet=True),
         calibrate=False,
     )
     # early stop: weights of layers never reached are never read (memory-mapped)
@@ -41,17 +41,17 @@ def test_offline_plan_for_a_big_model_says_what_would_fit(tmp_path, monkeypatch)
         device="cpu",
         quiet=True,
     )
-    res, _ = plan_extract(ExtractOptions(**base), calibrate=False)
+    res, _ = plan_extract(ExtractConfig(**base), calibrate=False)
     assert not res.job.token_stats().exact  # no tokenizer offline: estimated from characters
     assert not res.verdict.fits and "RAM" in res.verdict.problems[0]
     assert res.verdict.suggestions[0].startswith("--dtype bfloat16 (est. peak RAM")
-    ok, _ = plan_extract(ExtractOptions(**base, dtype="bfloat16"), calibrate=False)
+    ok, _ = plan_extract(ExtractConfig(**base, dtype="bfloat16"), calibrate=False)
     assert ok.verdict.fits
     assert 10e9 < ok.estimate.parts["weights"] < 16.1e9
 
 
 def test_calibrated_plan_is_recorded_in_the_manifest(smol, tmp_path):
-    opts = ExtractOptions(hooks="resid_post.5", run=str(tmp_path / "r"), limit=16, quiet=True)
+    opts = ExtractConfig(hooks="resid_post.5", run=str(tmp_path / "r"), limit=16, quiet=True)
     res, _ = plan_extract(opts, calibrate=True, lm=smol)
     assert res.calibration is not None and res.calibration.tokens_per_s > 0
     record_plan(res)

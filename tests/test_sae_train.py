@@ -127,3 +127,44 @@ def test_bad_settings():
         SAETrainer(TrainConfig(d_sae=128, k=200), 32, data(64))
     with pytest.raises(SaelabError, match="--lr"):
         SAETrainer(TrainConfig(d_sae=128, k=8, lr=-1), 32, data(64))
+
+
+def test_one_call_with_bags_equals_two_calls():
+    """The trainer's main + AuxK selections through one call (bags) give the same outputs and
+    gradients as two separate calls."""
+    torch.manual_seed(1)
+    b, d, s, k, ka = 9, 8, 30, 3, 4
+    x = torch.randn(b, d)
+    params = [
+        torch.randn(s, d, requires_grad=True),
+        torch.randn(s, requires_grad=True),
+        torch.randn(s, d, requires_grad=True),
+        torch.randn(d, requires_grad=True),
+    ]
+    w_enc, b_enc, w_dec, b_dec = params
+    target = torch.randn(b, d)
+
+    def loss_of(main, aux):
+        return ((main + b_dec - x) ** 2).sum() + 0.3 * ((aux - target) ** 2).sum()
+
+    xc = x - b_dec
+    with torch.no_grad():
+        pre = xc @ w_enc.t() + b_enc
+        rows = torch.arange(b).repeat_interleave(k)
+        cols = pre.topk(k, dim=-1).indices.reshape(-1)
+        a_rows = torch.arange(b).repeat_interleave(ka)
+        a_cols = torch.randint(0, s, (b * ka,))
+    main, v1 = sparse_recon(xc, w_enc, b_enc, w_dec, pre, rows, cols)
+    aux, _ = sparse_recon(xc, w_enc, b_enc, w_dec, pre, a_rows, a_cols)
+    g_two = torch.autograd.grad(loss_of(main, aux), params)
+    xc = x - b_dec
+    out, v = sparse_recon(
+        xc, w_enc, b_enc, w_dec, pre, torch.cat([rows, a_rows]), torch.cat([cols, a_cols]),
+        bags=torch.cat([rows, a_rows + b]), bag_rows=torch.arange(b).repeat(2),
+    )  # fmt: skip
+    torch.testing.assert_close(out[:b], main)
+    torch.testing.assert_close(out[b:], aux)
+    torch.testing.assert_close(v[: len(rows)], v1)
+    g_one = torch.autograd.grad(loss_of(out[:b], out[b:]), params)
+    for one, two in zip(g_one, g_two, strict=True):
+        torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,14 @@ from scipy import stats
 from scipy.stats.contingency import expected_freq
 
 from saelab.errors import SaelabError
-from saelab.stats import COLUMNS, TwoGroupAccumulator, bh_adjust, contrast_table, two_group_stats
+from saelab.stats import (
+    COLUMNS,
+    TwoGroupAccumulator,
+    bh_adjust,
+    contrast_table,
+    hook_tables,
+    two_group_stats,
+)
 from saelab.stats.rates import fisher_two_sided
 from saelab.stats.welch import log10_two_sided_p
 
@@ -396,3 +403,25 @@ def test_block_kinds_and_an_all_zero_hook() -> None:
     res = quiet_stats(acc)
     assert not res["tested"].any() and np.isnan(res["p_t"]).all() and np.isnan(res["p_u"]).all()
     assert (res["mean_a"] == 0).all() and (res["active_b"] == 0).all()
+
+
+def test_hooks_in_parallel_equal_one_at_a_time() -> None:
+    """Forked workers (the 31-hook contrast) give exactly the one-at-a-time tables."""
+    codes = {}
+    for i, per_kind in enumerate((2, 3, 1)):
+        x, in_a, _ = make_codes(n_a=30, n_b=25, per_kind=per_kind, seed=10 + i)
+        codes[f"blocks.{i}.hook_resid_post"] = (sp.csr_matrix(x), in_a)
+    hooks = [(h, codes[h][0].shape[1]) for h in codes]
+
+    def blocks_of(hook: str):
+        x, in_a = codes[hook]
+        return [(x[:20], in_a[:20]), (x[20:], in_a[20:])]
+
+    seen: list[str] = []
+    par = hook_tables(hooks, blocks_of, workers=2, done=seen.append)
+    assert list(par) == [h for h, _ in hooks] and seen == list(par)
+    for hook, width in hooks:
+        ref = contrast_table(blocks_of(hook), width)
+        for col in COLUMNS:
+            np.testing.assert_array_equal(par[hook][col], ref[col], err_msg=f"{hook} {col}")
+    assert hook_tables(hooks, blocks_of, workers=1).keys() == par.keys()

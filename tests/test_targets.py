@@ -14,10 +14,10 @@ from saelab.budget.planner import Budget, fits, platform_dtypes, suggest_extract
 from saelab.budget.targets import GB, PROFILES, parse_target, plan_device
 from saelab.cli import main
 from saelab.errors import SaelabError
+from saelab.models.builtin_shapes import builtin_shape
 from saelab.models.hooks import parse_hooks
-from saelab.models.shapes import builtin_shape
-from saelab.pipeline.extract_job import ExtractOptions
-from saelab.pipeline.plan import plan_extract
+from saelab.pipeline.extract_job import ExtractConfig
+from saelab.pipeline.plan import PlanConfig, plan_extract
 
 
 def test_profiles_and_free_form_targets():
@@ -173,17 +173,17 @@ def test_plan_for_targets_through_the_cli(capsys, tmp_path, monkeypatch):
 def test_plan_for_a_gpu_from_a_machine_without_one(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     opts = dict(model="meta-llama/Llama-3.1-8B", hooks="resid_post.20", run=str(tmp_path / "r"))
-    res, _ = plan_extract(ExtractOptions(**opts, target="colab-free", quiet=True), calibrate=True)
+    res, _ = plan_extract(PlanConfig(**opts, target="colab-free", quiet=True), calibrate=True)
     assert res.calibration is None  # another machine cannot be timed here
     assert res.job.device == "cuda" and res.job.limits.gpu == PROFILES["colab-free"].gpu_memory
     assert not res.verdict.fits and "GPU memory" in res.verdict.problems[0]
     assert res.verdict.suggestions[0].startswith("--dtype int8 (est.")
     ok, _ = plan_extract(
-        ExtractOptions(**opts, target="colab-free", dtype="int8", quiet=True), calibrate=False
+        PlanConfig(**opts, target="colab-free", dtype="int8", quiet=True), calibrate=False
     )
     assert ok.verdict.fits
     t4, _ = plan_extract(
-        ExtractOptions(**opts, device="cuda", dtype="float16", quiet=True), calibrate=False
+        ExtractConfig(**opts, device="cuda", dtype="float16", quiet=True), calibrate=False
     )
     if not torch.cuda.is_available():
         assert t4.job.device == "cuda" and any("no GPU here" in n for n in t4.estimate.notes)

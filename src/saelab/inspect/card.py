@@ -24,9 +24,9 @@ from saelab.models.hooks import parse_hooks
 from saelab.models.loading import load_model
 from saelab.models.tokens import tokenize_prompts
 from saelab.progress import Reporter, say
+from saelab.sae.features import parse_features
 from saelab.sae.pretrained import load_sae
 from saelab.store import open_activations, open_codes
-from saelab.store.codes import parse_features
 
 
 @dataclass

@@ -47,7 +47,7 @@ from saelab.pipeline.driver import run_stage
 from saelab.pipeline.inputs import model_depth
 from saelab.pipeline.options import StageOptions, option
 from saelab.pipeline.stage import Done, Finished, Stage, Unit, UnitResult, Worker, hashed
-from saelab.stats import TwoGroupAccumulator, two_group_stats
+from saelab.stats import hook_tables
 from saelab.store import open_activations
 from saelab.store.codes import open_codes
 
@@ -136,14 +136,16 @@ class ContrastStage(Stage[ContrastConfig]):
 
     def run_unit(self, unit: HookUnit, worker: Worker) -> UnitResult:
         o, labels = self.config, self.labels
-        acc = TwoGroupAccumulator(unit.width)
-        for block in self._blocks(unit.hook):
-            a = labels.in_a[block.prompt_index]
-            b = labels.in_b[block.prompt_index]
-            keep = a | b
-            if keep.any():
-                acc.add(block.x[np.flatnonzero(keep)], a[keep])
-        stats = two_group_stats(acc, min_active=o.min_active)
+
+        def labelled(hook: str) -> Any:  # the hook's blocks, reduced to the two groups' prompts
+            for block in self._blocks(hook):
+                a = labels.in_a[block.prompt_index]
+                keep = a | labels.in_b[block.prompt_index]
+                if keep.any():
+                    yield block.x[np.flatnonzero(keep)], a[keep]
+
+        hooks = [(unit.hook, unit.width)]
+        stats = hook_tables(hooks, labelled, min_active=o.min_active, workers=1)[unit.hook]
         path = self.run.path / self._part(unit.hook)
         buf = io.BytesIO()
         pq.write_table(pa.table({k: pa.array(v) for k, v in stats.items()}), buf)

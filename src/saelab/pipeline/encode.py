@@ -31,9 +31,10 @@ from saelab.pipeline.options import StageOptions, option
 from saelab.pipeline.stage import Done, Finished, Stage, Unit, UnitResult, Worker, hashed
 from saelab.progress import Reporter, say
 from saelab.sae.encode import encode_prompts
+from saelab.sae.features import parse_features
 from saelab.sae.pretrained import SAESource, expand_saes, load_sae
 from saelab.store import ActivationStore
-from saelab.store.codes import CODES_DIR, POSITIONS, CodesWriter, hook_dir, parse_features
+from saelab.store.codes import CODES_DIR, POSITIONS, CodesWriter, hook_dir
 from saelab.units import parse_size
 
 FETCH_KEYS = ("downloads", "bytes_downloaded", "cache_hits")

@@ -24,8 +24,8 @@ from saelab.pipeline.flags import flags_in_errors
 from saelab.pipeline.inputs import model_depth
 from saelab.pipeline.options import RunOptions, option
 from saelab.run import RunFolder
+from saelab.sae.features import parse_features
 from saelab.store import open_activations
-from saelab.store.codes import parse_features
 
 FORMATS = ("json", "npz")
 

@@ -65,7 +65,7 @@ class TrainConfig(StageOptions):
     k: int | None = option(32, "active latents per token (topk, batchtopk)")
     l1: float = option(0.2, "relu: L1 coefficient")
     l0_coef: float = option(2e-3, "jumprelu: L0 coefficient")
-    lr: float = option(4e-4, "Adam learning rate")
+    lr: float | None = option(None, "Adam learning rate (default: 0.03/sqrt(d_in) topk, else 4e-4)")
     batch_size: int = option(1024, "tokens per step")
     tokens: int | None = option(
         None,

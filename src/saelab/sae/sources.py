@@ -10,6 +10,7 @@ would dominate the reconstruction loss.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -151,12 +152,55 @@ def store_source(
     return StoreSource(train, held, arr, hook, batch_size, seed, offsets=offsets)
 
 
+class _Cancelled(Exception):
+    """A prefetch stopped because nobody will read its buffer."""
+
+
+class _Prefetch:
+    """One buffer captured on a daemon thread while the caller trains on the current one.
+
+    The model's forward and the SAE step are torch kernels that release the GIL, so on two
+    cores they overlap. `cancel()` makes the capture stop at its next chunk of windows and
+    waits for it, so no capture hooks stay on the model once the consumer is gone.
+    """
+
+    def __init__(self, key: tuple[int, int], fn: Callable[[threading.Event], object]):
+        self.key = key
+        self.stop = threading.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(fn,), daemon=True, name="saelab-stream-prefetch"
+        )
+        self.thread.start()
+
+    def _run(self, fn: Callable[[threading.Event], object]) -> None:
+        try:
+            self.result = fn(self.stop)
+        except BaseException as e:  # handed to the consumer by get()
+            self.error = e
+
+    def get(self) -> object:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def cancel(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 class StreamSource:
     """Rows captured from the model over token windows, shuffled within a bounded buffer.
 
     All hooks share one forward pass; a buffer holds `windows_per_buffer` windows of rows per
     hook. Windows are fixed-length and BOS is dropped, so every buffer yields the same number
     of batches and step -> (buffer, batch) is arithmetic: resuming recomputes one buffer.
+
+    With `prefetch` (the default) the next buffer is captured on a second thread while the
+    current one is trained on: a buffer is a pure function of (seed, epoch, buffer), so the
+    batches are exactly those of the one-thread order; memory holds two buffers.
     """
 
     def __init__(
@@ -168,8 +212,11 @@ class StreamSource:
         seed: int,
         windows_per_buffer: int,
         capture_batch: int = 8,
+        prefetch: bool = True,
     ):
         self.lm = lm
+        self.prefetch = prefetch
+        self._ahead: _Prefetch | None = None
         self.hooks = list(hooks)
         self.windows = windows
         self.batch_size = batch_size
@@ -201,14 +248,19 @@ class StreamSource:
         return self.buffers_per_epoch * self.batches_per_buffer
 
     def capture(
-        self, windows: np.ndarray, ids: np.ndarray | None = None
+        self,
+        windows: np.ndarray,
+        ids: np.ndarray | None = None,
+        stop: threading.Event | None = None,
     ) -> dict[str, torch.Tensor]:
         """Rows (BOS dropped) of every hook over some windows (numbered `ids` in the corpus,
-        for error messages), in window order."""
+        for error messages), in window order. A set `stop` event ends it between chunks."""
         lm = self.lm
         out: dict[str, list[torch.Tensor]] = {h.name: [] for h in self.hooks}  # type: ignore[attr-defined]
         with HookCapture(lm.model, lm.adapter, self.hooks) as cap:  # type: ignore[attr-defined]
             for i in range(0, len(windows), self.capture_batch):
+                if stop is not None and stop.is_set():
+                    raise _Cancelled
                 chunk = [list(map(int, w)) for w in windows[i : i + self.capture_batch]]
                 b = make_batch(chunk, lm.pad_id, "right", lm.device)  # type: ignore[attr-defined]
                 vals = cap.run(b)
@@ -225,32 +277,63 @@ class StreamSource:
             )
         return rows
 
+    def _next_key(self, epoch: int, b: int) -> tuple[int, int]:
+        return (epoch, b + 1) if b + 1 < self.buffers_per_epoch else (epoch + 1, 0)
+
+    def _make_buffer(
+        self, epoch: int, b: int, stop: threading.Event | None = None
+    ) -> dict[str, torch.Tensor]:
+        order = _rng(self.seed, epoch).permutation(len(self.windows))
+        pick = order[b * self.windows_per_buffer : (b + 1) * self.windows_per_buffer]
+        rows = self.capture(self.windows[np.sort(pick)], np.sort(pick), stop)
+        perm = torch.from_numpy(
+            _rng(self.seed, epoch, b + 1).permutation(len(next(iter(rows.values()))))
+        )
+        return {name: x[perm] for name, x in rows.items()}
+
     def _buffer(self, epoch: int, b: int) -> dict[str, torch.Tensor]:
         # the initialisation sample and step 0 read the same buffer: capture it once
         if self._last is not None and self._last[0] == (epoch, b):
             return self._last[1]
         self._last = None
-        order = _rng(self.seed, epoch).permutation(len(self.windows))
-        pick = order[b * self.windows_per_buffer : (b + 1) * self.windows_per_buffer]
-        rows = self.capture(self.windows[np.sort(pick)], np.sort(pick))
-        perm = torch.from_numpy(
-            _rng(self.seed, epoch, b + 1).permutation(len(next(iter(rows.values()))))
-        )
-        out = {name: x[perm] for name, x in rows.items()}
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.key == (epoch, b):
+            out: dict[str, torch.Tensor] = ahead.get()  # type: ignore[assignment]
+        else:
+            if ahead is not None:
+                ahead.cancel()
+            out = self._make_buffer(epoch, b)
         self._last = ((epoch, b), out)
         return out
 
+    def _prefetch_after(self, epoch: int, b: int) -> None:
+        if not self.prefetch or self._ahead is not None:
+            return
+        key = self._next_key(epoch, b)
+        self._ahead = _Prefetch(key, lambda stop: self._make_buffer(*key, stop))
+
+    def close(self) -> None:
+        """Stop a capture running ahead (the generator of `batches` calls it when closed)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.cancel()
+
     def batches(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         step = start_step
-        while True:
-            epoch, within = divmod(step, self.batches_per_epoch)
-            b, i0 = divmod(within, self.batches_per_buffer)
-            buf = self._buffer(epoch, b)
-            for i in range(i0, self.batches_per_buffer):
-                yield {
-                    n: x[i * self.batch_size : (i + 1) * self.batch_size] for n, x in buf.items()
-                }
-                step += 1
+        try:
+            while True:
+                epoch, within = divmod(step, self.batches_per_epoch)
+                b, i0 = divmod(within, self.batches_per_buffer)
+                buf = self._buffer(epoch, b)
+                self._prefetch_after(epoch, b)
+                for i in range(i0, self.batches_per_buffer):
+                    yield {
+                        n: x[i * self.batch_size : (i + 1) * self.batch_size]
+                        for n, x in buf.items()
+                    }
+                    step += 1
+        finally:
+            self.close()
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
         buf = self._buffer(0, 0)

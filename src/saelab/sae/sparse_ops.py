@@ -10,7 +10,10 @@ comes from embedding_bag's fused kernel (~26 ms).
 
 A selection is given as flat `cols` (latent ids) grouped by token, with `rows` (token of each
 entry) and `offsets` (start of each token's group), so TopK (k per token) and BatchTopK (a
-varying number per token) share the code.
+varying number per token) share the code. Optional `bags` give each entry an output row of
+its own numbering: the trainer sends the main selection (bags 0..B-1) and the AuxK selection
+of dead latents (bags B..2B-1) through one call, so each weight gets one sparse product and
+one gradient tensor per step instead of two.
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ import torch
 import torch.nn.functional as F
 
 
-def _coo(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]):
-    """The (d_sae x batch) matrix with `vals` at (cols, rows): one sparse x dense product
-    then gives a weight gradient."""
-    return torch.sparse_coo_tensor(
-        torch.stack([cols, rows]), vals, size=shape, check_invariants=False
+def _weight_grad(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, d_sae: int, dense: torch.Tensor
+) -> torch.Tensor:
+    """sum over selections of vals * dense[row] into row `col` of a (d_sae x d) gradient: the
+    (d_sae x batch) COO matrix with `vals` at (cols, rows) times `dense`.
+
+    `sparse.addmm` into an uninitialised output with beta=0 (the output is written, never
+    read) rather than `sparse.mm`, which zero-fills a fresh (d_sae x d) tensor and adds into
+    it: 43 vs 56 ms for 4608 x 576 from 32,768 selections on one thread."""
+    coo = torch.sparse_coo_tensor(
+        torch.stack([cols, rows]), vals, size=(d_sae, dense.shape[0]), check_invariants=False
     )
+    out = torch.empty(d_sae, dense.shape[1], dtype=dense.dtype, device=dense.device)
+    return torch.sparse.addmm(out, coo, dense, beta=0)
 
 
 class SparseEncode(torch.autograd.Function):
@@ -42,22 +53,25 @@ class SparseEncode(torch.autograd.Function):
         cols: torch.Tensor,
         offsets: torch.Tensor,
         values: torch.Tensor,
+        bag_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        ctx.save_for_backward(xc, w_enc, rows, cols, offsets)
+        ctx.save_for_backward(xc, w_enc, rows, cols, offsets, bag_rows)
         return values.clone()
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        xc, w_enc, rows, cols, offsets = ctx.saved_tensors
+        xc, w_enc, rows, cols, offsets, bag_rows = ctx.saved_tensors
         d_sae = w_enc.shape[0]
         dxc = dw = db = None
         if ctx.needs_input_grad[0]:
             dxc = F.embedding_bag(cols, w_enc, offsets, mode="sum", per_sample_weights=g)
+            if bag_rows is not None:  # one row per bag: fold the bags back onto their rows
+                dxc = torch.zeros_like(xc).index_add_(0, bag_rows, dxc)
         if ctx.needs_input_grad[1]:
-            dw = torch.sparse.mm(_coo(rows, cols, g, (d_sae, xc.shape[0])), xc)
+            dw = _weight_grad(rows, cols, g, d_sae, xc)
         if ctx.needs_input_grad[2]:
             db = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
-        return dxc, dw, db, None, None, None, None
+        return dxc, dw, db, None, None, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):
@@ -80,7 +94,7 @@ class SparseDecode(torch.autograd.Function):
         w_dec, vals, rows, cols, offsets = ctx.saved_tensors
         dw = dvals = None
         if ctx.needs_input_grad[0]:
-            dw = torch.sparse.mm(_coo(rows, cols, vals, (w_dec.shape[0], g.shape[0])), g)
+            dw = _weight_grad(rows, cols, vals, w_dec.shape[0], g)
         if ctx.needs_input_grad[1]:
             with torch.enable_grad():  # embedding_bag's fused per-sample-weight gradient
                 v = vals.detach().requires_grad_()
@@ -97,13 +111,21 @@ def sparse_recon(
     pre: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
+    bags: torch.Tensor | None = None,
+    bag_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(reconstruction without b_dec, activation values) of a selection; `pre` is the dense
-    pre-activation computed without autograd and `rows` must be sorted."""
-    counts = torch.bincount(rows, minlength=xc.shape[0])
+    pre-activation computed without autograd.
+
+    Without `bags` the output has one row per input row and `rows` must be sorted. With them,
+    entry i reads input row rows[i] and adds to output row bags[i] (sorted); `bag_rows[b]` is
+    the input row of bag b, and the output has len(bag_rows) rows."""
+    out_of = rows if bags is None else bags
+    n_out = xc.shape[0] if bag_rows is None else len(bag_rows)
+    counts = torch.bincount(out_of, minlength=n_out)
     offsets = torch.zeros_like(counts)
     offsets[1:] = counts.cumsum(0)[:-1]
     values = pre[rows, cols]
-    pre_sel = SparseEncode.apply(xc, w_enc, b_enc, rows, cols, offsets, values)
+    pre_sel = SparseEncode.apply(xc, w_enc, b_enc, rows, cols, offsets, values, bag_rows)
     vals = torch.relu(pre_sel)
-    return SparseDecode.apply(w_dec, vals, rows, cols, offsets), vals
+    return SparseDecode.apply(w_dec, vals, out_of, cols, offsets), vals

@@ -35,7 +35,7 @@ class TrainConfig:
     k: int | None = 32
     l1_coef: float = 0.2  # relu: L1 of f weighted by decoder row norms (inputs at unit mean norm)
     l0_coef: float = 2e-3  # jumprelu: L0 penalty
-    lr: float = 4e-4
+    lr: float | None = None  # None: default_lr(architecture, d_in)
     batch_size: int = 1024
     total_steps: int = 1000
     seed: int = 0
@@ -52,7 +52,7 @@ class TrainConfig:
 
     def check(self, d_in: int) -> None:
         SAEConfig(d_in=d_in, d_sae=self.d_sae, architecture=self.architecture, k=self.k)
-        if self.lr <= 0 or not math.isfinite(self.lr):
+        if self.lr is not None and (self.lr <= 0 or not math.isfinite(self.lr)):
             raise SaelabError(f"--lr {self.lr} must be a positive number")
         if self.batch_size < 1:
             raise SaelabError(f"--batch-size {self.batch_size} must be at least 1")
@@ -63,6 +63,28 @@ class TrainConfig:
             return self.dead_tokens
         total = self.total_steps * self.batch_size
         return int(min(10_000_000, max(10_000, total // 5)))
+
+
+#: TopK/BatchTopK default step size, in units of a unit-norm row's typical entry (1/sqrt(d_in))
+TOPK_RELATIVE_LR = 0.03
+#: JumpReLU/ReLU default learning rate (their sparsity penalties were tuned with it)
+PENALTY_LR = 4e-4
+
+
+def default_lr(architecture: str, d_in: int) -> float:
+    """The learning rate used when none is given.
+
+    Why 0.03/sqrt(d_in) for TopK and BatchTopK (1.25e-3 at d_in 576): inputs are scaled to unit
+    mean norm and decoder rows kept at unit norm, so a weight entry is ~1/sqrt(d_in) and one
+    Adam step moves it by ~lr. At the former 4e-4 a step was ~1% of an entry and a CPU-sized run
+    (1e5-1e6 tokens) stopped far from converged: held-out EV 0.68 after 94k token-steps on
+    SmolLM2 layer 7 (576 -> 4608, k 32) against 0.85 at 1.2e-3, and 0.88 vs 0.91 after 410k
+    (benchmarks/peers/README.md has the controlled experiments). Scaling with 1/sqrt(d_in)
+    keeps the relative step the same for wider models, whose entries are smaller.
+    """
+    if architecture in ("topk", "batchtopk"):
+        return TOPK_RELATIVE_LR / math.sqrt(d_in)
+    return PENALTY_LR
 
 
 class Diverged(SaelabError):
@@ -103,6 +125,7 @@ class SAETrainer:
         self.cfg = cfg
         self.d_in = d_in
         self.device = torch.device(device)
+        self.lr = cfg.lr if cfg.lr is not None else default_lr(cfg.architecture, d_in)
         self.state = TrainState()
         x = sample.float().to(self.device)
         norms = x.norm(dim=-1)
@@ -122,9 +145,9 @@ class SAETrainer:
             params.append(self.log_threshold)
         self.params = params
         try:
-            self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), fused=True)
+            self.opt = torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999), fused=True)
         except (RuntimeError, TypeError):  # no fused Adam for this device/dtype
-            self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+            self.opt = torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999))
         self.state.last_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
         self.aux_k = min(cfg.aux_k or 512, max(1, cfg.d_sae // 2))
 
@@ -134,10 +157,10 @@ class SAETrainer:
         warm = max(1, int(c.warmup_frac * c.total_steps))
         decay_start = int((1 - c.decay_frac) * c.total_steps)
         if step < warm:
-            return c.lr * (step + 1) / warm
+            return self.lr * (step + 1) / warm
         if step >= decay_start and c.decay_frac > 0:
-            return c.lr * max(0.0, (c.total_steps - step) / max(1, c.total_steps - decay_start))
-        return c.lr
+            return self.lr * max(0.0, (c.total_steps - step) / max(1, c.total_steps - decay_start))
+        return self.lr
 
     def sparsity_coef(self, step: int) -> float:
         c = self.cfg
@@ -175,7 +198,20 @@ class SAETrainer:
             with torch.no_grad():
                 pre = self._dense_pre(xc.detach())
                 rows, cols = self._select(pre)
-            recon, vals = self._sparse_recon(xc, pre, rows, cols)
+                aux_sel = self._aux_select(pre)
+            if aux_sel is None:
+                recon, vals = self._sparse_recon(xc, pre, rows, cols)
+                aux_recon = None
+            else:  # main and AuxK selections in one call: one sparse product per weight
+                n = x.shape[0]
+                a_rows, a_cols = aux_sel
+                out, v = sparse_recon(
+                    xc, self.W_enc, self.b_enc, self.W_dec, pre,
+                    torch.cat([rows, a_rows]), torch.cat([cols, a_cols]),
+                    bags=torch.cat([rows, a_rows + n]),
+                    bag_rows=torch.arange(n, device=x.device).repeat(2),
+                )  # fmt: skip
+                recon, aux_recon, vals = out[:n], out[n:], v[: len(rows)]
             x_hat = recon + self.b_dec
             mse = (x_hat - x).pow(2).sum(-1).mean()
             fired_rows, fired_cols = rows[vals > 0], cols[vals > 0]
@@ -183,7 +219,8 @@ class SAETrainer:
                 with torch.no_grad():  # smallest kept activation, averaged: the inference threshold
                     m = float(vals.detach().min())
                     st.bdec_threshold = m if st.step == 0 else 0.99 * st.bdec_threshold + 0.01 * m
-            aux = self._aux_loss(pre, x, x_hat.detach(), xc)
+            if aux_recon is not None:
+                aux = self._aux_loss(aux_recon, x, x_hat.detach())
             loss = mse + c.aux_coef * aux
             l0 = float(len(fired_cols)) / x.shape[0]
         else:
@@ -203,7 +240,7 @@ class SAETrainer:
         if not torch.isfinite(loss.detach()) or float(loss.detach()) > 1e6:
             raise Diverged(
                 f"training diverged at step {st.step} (loss {float(loss.detach()):.3g}); lower --lr"
-                f" (was {c.lr:g}) and run again: the last good checkpoint is kept"
+                f" (was {self.lr:g}) and run again: the last good checkpoint is kept"
             )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -215,7 +252,8 @@ class SAETrainer:
                 self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         with torch.no_grad():
             st.tokens += x.shape[0]
-            st.last_fired[fired_cols.unique()] = st.tokens
+            # repeated ids write the same value: no unique() (a sort) needed
+            st.last_fired.index_fill_(0, fired_cols, st.tokens)
         st.step += 1
         return StepStats(float(loss.detach()), float(mse.detach()), float(aux.detach()), l0, lr)
 
@@ -225,26 +263,26 @@ class SAETrainer:
             return (xc.to(torch.bfloat16) @ w.t()).float() + self.b_enc.detach()
         return torch.addmm(self.b_enc.detach(), xc, self.W_enc.detach().t())
 
-    def _aux_loss(
-        self, pre: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, xc: torch.Tensor
-    ) -> torch.Tensor:
-        """AuxK: the dead latents' top pre-activations reconstruct what the live ones missed."""
+    def _aux_select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """AuxK's (rows, cols): each token's top dead latents (None when none is dead)."""
         dead = self.dead_mask()
         n_dead = int(dead.sum())
-        if n_dead == 0:
-            return torch.zeros((), device=self.device)
+        if n_dead == 0 or not self.cfg.aux_coef:
+            return None
         k = min(self.aux_k, n_dead)
-        with torch.no_grad():
-            # only the dead latents' columns are looked at: with few dead latents (the usual
-            # case) all of them are taken and no top-k over d_sae columns is needed
-            dead_idx = dead.nonzero().squeeze(1)
-            if k == n_dead:
-                idx = dead_idx.expand(x.shape[0], k)
-            else:
-                idx = dead_idx[pre.index_select(1, dead_idx).topk(k, dim=-1).indices]
-            rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)
-            cols = idx.reshape(-1)
-        recon, _ = self._sparse_recon(xc, pre, rows, cols)
+        # only the dead latents' columns are looked at: with few dead latents (the usual
+        # case) all of them are taken and no top-k over d_sae columns is needed
+        dead_idx = dead.nonzero().squeeze(1)
+        if k == n_dead:
+            idx = dead_idx.expand(pre.shape[0], k)
+        else:
+            idx = dead_idx[pre.index_select(1, dead_idx).topk(k, dim=-1).indices]
+        rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
+        return rows, idx.reshape(-1)
+
+    def _aux_loss(self, recon: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """AuxK: the dead latents' top pre-activations reconstruct what the live ones missed
+        (normalised by the residual's variance)."""
         err = x - x_hat
         denom = (err - err.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
         return (recon - err).pow(2).sum(-1).mean() / denom
@@ -353,4 +391,4 @@ def recon_batch(trainer: SAETrainer, x: torch.Tensor) -> tuple[torch.Tensor, tor
         return sae.decode(f), f
 
 
-__all__ = ["Diverged", "SAETrainer", "StepStats", "TrainConfig", "TrainState"]
+__all__ = ["Diverged", "SAETrainer", "StepStats", "TrainConfig", "TrainState", "default_lr"]

@@ -8,6 +8,7 @@ Benjamini-Hochberg for one hook or for all hooks at once. Knows nothing of runs 
 """
 
 from saelab.stats.fdr import bh_adjust
+from saelab.stats.hooks import default_workers, hook_tables
 from saelab.stats.moments import TwoGroupAccumulator
 from saelab.stats.table import COLUMNS, check_groups, contrast_table, two_group_stats
 
@@ -17,5 +18,7 @@ __all__ = [
     "bh_adjust",
     "check_groups",
     "contrast_table",
+    "default_workers",
+    "hook_tables",
     "two_group_stats",
 ]

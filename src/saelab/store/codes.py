@@ -20,7 +20,7 @@ the file and `saelab encode`. Files written before the checksum read as before.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from saelab.atomic import atomic_write_bytes, atomic_write_json
-from saelab.damage import CRC_KEY, Origin, check_crc, one_line, origin_of, tensors_crc32c
+from saelab.damage import (
+    CRC_KEY,
+    Origin,
+    check_crc,
+    one_line,
+    origin_of,
+    stable_header,
+    tensors_crc32c,
+)
 from saelab.errors import SaelabError
 from saelab.progress import say
 
@@ -125,7 +133,7 @@ class CodesWriter:
             "prompt_index": np.ascontiguousarray(prompt_index, dtype=np.int64),
             "row_offsets": np.ascontiguousarray(row_offsets, dtype=np.int64),
         }
-        blob = save(tensors, metadata={CRC_KEY: tensors_crc32c(tensors)})
+        blob = stable_header(save(tensors, metadata={CRC_KEY: tensors_crc32c(tensors)}))
         atomic_write_bytes(self.dir / _shard_file(shard), blob, f"codes shard {shard:05d}")
         return len(blob)
 
@@ -367,32 +375,3 @@ def open_codes(path: Path | str) -> Codes:
     if p.is_dir() and any(read_meta(d) is not None for d in p.iterdir() if d.is_dir()):
         return Codes(p)
     raise SaelabError(f"no codes at {p} (nor in its {CODES_DIR}/ folder)")
-
-
-def parse_features(spec: str | Sequence[int] | None, d_sae: int | None = None) -> list[int] | None:
-    """`features` "645,1170,3-7" -> sorted unique ids; out of range is a one-line error."""
-    if spec is None or spec == "":
-        return None
-    items: list[int] = []
-    parts = spec.split(",") if isinstance(spec, str) else [str(x) for x in spec]
-    for part in parts:
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                items.extend(range(int(a), int(b) + 1))
-            elif part:
-                items.append(int(part))
-        except ValueError as e:
-            raise SaelabError(
-                f"`features` {spec!r}: {part!r} is not a feature id or range (e.g. 645,1170,3-7)"
-            ) from e
-    out = sorted(set(items))
-    if out and out[0] < 0:
-        raise SaelabError(f"`features` {spec!r}: feature ids are non-negative")
-    if d_sae is not None and out and out[-1] >= d_sae:
-        raise SaelabError(
-            f"`features` {spec!r}: feature {out[-1]} does not exist (the SAE has {d_sae},"
-            f" numbered 0-{d_sae - 1})"
-        )
-    return out
