@@ -2,8 +2,9 @@
 
 The demo contrasts the two groups and patches the features that separate them, so the set must
 be big enough for the statistics (100+ per group), paired (each statement in both styles, so
-topic cancels out), free of repeats, and not separable by one casual token: a set where every
-casual line says "lol" would only teach the contrast where "lol" is."""
+topic cancels out), free of repeats, and not separable by one token: a set where every casual
+line says "lol", or where only formal lines end with a period, teaches the contrast where that
+token is, not what style is."""
 
 from __future__ import annotations
 
@@ -64,3 +65,15 @@ def test_no_single_token_marks_the_casual_lines() -> None:
     assert max(net.values()) <= limit, sorted(net.items(), key=lambda kv: -kv[1])[:5]
     # the casual markers are many: at least 20 casual-only tokens in 3+ lines each
     assert sum(n >= 3 for n in only.values()) >= 20, sorted(only.items(), key=lambda kv: -kv[1])
+
+
+def test_the_final_period_does_not_mark_the_formal_lines() -> None:
+    """Every formal line ends with a period; if casual ones never did, the contrast's strongest
+    features would be sentence-final-period features, not style. (The first 40 casual lines
+    have none, so the new ones carry them.)"""
+    t = builtin_prompts(STYLES_SOURCE)
+    ends = Counter((g, x[-1]) for x, g in zip(t.texts, t.groups or [], strict=True))
+    n = len(t) // 2
+    assert ends[("formal", ".")] == n
+    assert ends[("casual", ".")] >= 0.35 * n
+    assert ends[("casual", "!")] + ends[("casual", "?")] >= 0.1 * n
