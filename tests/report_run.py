@@ -30,6 +30,7 @@ def build_run(root: Path, lm: Any, *, patch: bool = True) -> Path:
     run_extract(
         ExtractConfig(
             prompts="builtin:styles",
+            limit=80,  # the first 40 pairs
             hooks="resid_post.7",
             run=str(run),
             quiet=True,

@@ -27,11 +27,11 @@ HOOKS = ["blocks.3.hook_resid_post", "blocks.7.hook_resid_post"]
 
 @pytest.fixture(scope="module")
 def styles_run(smol, tmp_path_factory) -> tuple[Path, Path]:
-    """builtin:styles (40 formal + 40 casual statements) through two hooks, encoded with
-    random JumpReLU SAEs: (run, folder of the SAEs)."""
+    """builtin:styles' first 40 pairs (40 formal + 40 casual statements) through two hooks,
+    encoded with random JumpReLU SAEs: (run, folder of the SAEs)."""
     root = tmp_path_factory.mktemp("contrast")
     run = root / "run"
-    opts = ExtractConfig(prompts="builtin:styles", hooks="resid_post.3,resid_post.7",
+    opts = ExtractConfig(prompts="builtin:styles", hooks="resid_post.3,resid_post.7", limit=80,
                           run=str(run), quiet=True, store_dtype="float32")  # fmt: skip
     run_extract(opts, lm=smol)
     saes = root / "saes"

@@ -33,7 +33,7 @@ from saelab.errors import SaelabError
 
 DEMO_SOURCE = "builtin:demo"
 _DEMO_RESOURCE = "demo_prompts.jsonl"
-STYLES_SOURCE = "builtin:styles"  # 40 statements, each written formally and casually
+STYLES_SOURCE = "builtin:styles"  # 100 statements, each written formally and casually
 _BUILTIN = {DEMO_SOURCE: _DEMO_RESOURCE, STYLES_SOURCE: "style_prompts.jsonl"}
 _FORMATS = {
     ".txt": "txt",
@@ -209,7 +209,7 @@ def demo_prompts() -> PromptTable:
 
 def builtin_prompts(name: str) -> PromptTable:
     """A prompt set shipped with saelab: `builtin:demo` (true/false statements, groups true and
-    false) or `builtin:styles` (the same 40 statements written formally and casually, groups
+    false) or `builtin:styles` (100 statements, each written formally and casually, groups
     formal and casual: a two-group set where style features must separate the groups)."""
     data = resources.files("saelab.data").joinpath(_BUILTIN[name]).read_bytes()
     columns, rows = parse_jsonl(io.BytesIO(data), f"prompts file {name}", None)
