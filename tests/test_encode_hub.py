@@ -138,3 +138,23 @@ def test_a_release_path_that_does_not_exist_is_named(store_run, hub, tmp_path): 
         run_encode(EncodeConfig(saes="hf://org/missing/x", run=str(run), hooks="resid_post.2",
                                  quiet=True))  # fmt: skip
     shutil.rmtree(run)
+
+
+def test_a_disk_budget_is_refused_before_the_model_loads(hub, tmp_path, monkeypatch):
+    """No store yet: encode would capture first (loading the model); a `--max-disk` below one
+    layer's SAE is refused from HEAD requests before that."""
+    from saelab.pipeline import stage
+
+    def no_model(*a, **k):  # a tripwire, not a stand-in: the test fails if it is ever reached
+        raise AssertionError("the model was loaded before the disk check")
+
+    monkeypatch.setattr(stage, "load_model", no_model)
+    pattern = gemma_release(hub.root, jumprelu_saes(d_sae=2048))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    run = tmp_path / "run"
+    with pytest.raises(BudgetError, match="--max-disk"):
+        run_encode(EncodeConfig(saes=pattern, run=str(run), hooks="resid_post.2,resid_post.4",
+                                prompts=str(prompts), max_disk="1MB", quiet=True))  # fmt: skip
+    assert not any(m == "GET" and "params.npz" in p for m, p in hub.requests)
+    assert not (run / "activations").exists()

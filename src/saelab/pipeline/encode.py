@@ -32,7 +32,7 @@ from saelab.pipeline.stage import Done, Finished, Stage, Unit, UnitResult, Worke
 from saelab.progress import Reporter, say
 from saelab.sae.encode import encode_prompts
 from saelab.sae.features import parse_features
-from saelab.sae.pretrained import SAESource, expand_saes, load_sae
+from saelab.sae.pretrained import SAESource, expand_saes, is_remote, load_sae, sae_disk_report
 from saelab.store import ActivationStore
 from saelab.store.codes import CODES_DIR, POSITIONS, CodesWriter, hook_dir
 from saelab.units import parse_size
@@ -93,6 +93,7 @@ class EncodeStage(Stage[EncodeConfig]):
                 f"{self.run.path} has no activation store: give --hooks (and --prompts) so"
                 " encode can capture them, or run `saelab extract` first"
             )
+        self._disk_first()
         return [
             extract_stage(
                 ExtractConfig(
@@ -108,6 +109,22 @@ class EncodeStage(Stage[EncodeConfig]):
                 )
             )
         ]
+
+    def _disk_first(self) -> None:
+        """Before the capture pass loads the model (tens of seconds on a laptop): the disk the
+        SAE downloads need, from the hub cache and HEAD requests, refused here when `max_disk`
+        or the free disk cannot hold it, so a too-small budget costs seconds, not a capture."""
+        o = self.config
+        assert o.hooks is not None
+        depth = model_depth(self.run, o.model, [])
+        sources = expand_saes(o.saes, select_hooks(o.hooks, None, depth))
+        if not any(is_remote(s.location) for s in sources):
+            return
+        report = sae_disk_report(
+            sources, self.run.path, max_disk=parse_size(o.max_disk, "--max-disk"), evict=o.evict
+        )
+        for line in report.lines():
+            say(f"encode: {line}", o.quiet)
 
     def prepare(self) -> dict[str, Any]:
         o = self.config
