@@ -328,7 +328,8 @@ def test_generate_patched_on_a_custom_model(lm, trained, pipeline):
 
 def test_module_spec_factories(tmp_path):
     lm = load_model("module:tests.tiny_custom:build")
-    assert lm.source.kind == "module" and lm.name == "tests.tiny_custom:build"
+    # the name is the spec itself, so a run that records it loads the same model again
+    assert lm.source.kind == "module" and lm.name == "module:tests.tiny_custom:build"
     assert lm.n_layers == 3 and lm.tokenizer.name == "char-level"
     vals = capture_once(lm, [HookPoint(2, "resid_post")])[1]
     assert vals[HookPoint(2, "resid_post")][0].shape == (7, 48)  # <bos> + "abcdef"

@@ -144,3 +144,20 @@ def build_wrapped():  # noqa: ANN201 - a factory that calls wrap itself
 
     torch.manual_seed(0)
     return wrap(TinyLM(), VOCAB, sites={"mlp_out": "ff", "attn_out": "attn"}, name="tiny")
+
+
+def build_trained():  # noqa: ANN201 - a factory for `module:tests.tiny_custom:build_trained`
+    """The trained model as a user's factory gives it: weights loaded from the checkpoint named
+    by $TINY_CUSTOM_WEIGHTS (trained here when unset), wrapped with its vocabulary."""
+    import os
+
+    from saelab.models import wrap
+
+    path = os.environ.get("TINY_CUSTOM_WEIGHTS")
+    if path:
+        model = TinyLM()
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+    else:
+        model = train()
+    return wrap(model, VOCAB, sites={"mlp_out": "ff", "attn_out": "attn"}, name="tiny-trained")

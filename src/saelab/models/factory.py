@@ -41,7 +41,7 @@ def module_source(spec: str) -> ModelSource:
     mod, _, fn = target.partition(":")
     if not mod or not fn or not all(p.isidentifier() for p in [*mod.split("."), *fn.split(".")]):
         raise SaelabError(f"model {spec!r} is not a module spec: {_FORM}")
-    return ModelSource("module", target, target)
+    return ModelSource("module", target, SCHEME + target)  # the name reloads it from a run
 
 
 def _import(name: str, spec: str) -> Any:

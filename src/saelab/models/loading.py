@@ -319,5 +319,7 @@ def load_tokenizer(spec: str) -> Any:
     source = resolve_spec(name)
     if source.kind == "gguf" and not gguf_cache_path(Path(source.location)).is_dir():
         raise SaelabError(f"{spec}: its GGUF is not converted yet; load the model once")
+    if source.kind == "module":  # the factory is the only place its tokenizer comes from
+        return load_module_model(source, "float32", torch.device("cpu")).tokenizer
     with quiet_transformers():
         return AutoTokenizer.from_pretrained(str(local_folder(source)))

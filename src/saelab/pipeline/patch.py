@@ -150,6 +150,8 @@ class PatchStage(Stage[PatchConfig]):
 
     @cached_property
     def targets(self) -> list[tuple[str, int]]:
+        if not self.config.targets:
+            return []
         return _target_ids(load_tokenizer(run_model(self.run)), self.config.targets)
 
     # -- any process -----------------------------------------------------------------------
