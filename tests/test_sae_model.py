@@ -106,7 +106,8 @@ def test_loading_errors_name_the_file(tmp_path):
 
 
 def test_config_errors():
-    with pytest.raises(SaelabError, match="--k 60 must be between 1 and d_sae"):
+    # a lower layer speaks of the value; the CLI writes it as --k (tests/test_stage_contract.py)
+    with pytest.raises(SaelabError, match="`k` 60 must be between 1 and d_sae"):
         SAEConfig(d_in=8, d_sae=50, architecture="topk", k=60)
     with pytest.raises(SaelabError, match="not one of"):
         SAEConfig(d_in=8, d_sae=50, architecture="gated")
