@@ -10,8 +10,8 @@ The rules, the same for every stage:
 - a unit counts as done when its record is in the manifest and its files are all there with
   the recorded size; anything else runs (again), so a killed run resumes;
 - the driver alone writes manifest.json: a unit's record (files and hashes, bytes, seconds,
-  peak RSS, worker, and the stage's info) once it is complete, the stage's wall time, peak
-  memory and disk at the end;
+  peak RSS, worker, the command that rebuilds it, and the stage's info) once it is complete,
+  the stage's wall time, peak memory and disk at the end;
 - a stage that fails before any of its units is recorded leaves run.toml and manifest.json
   as they were (a refused command changes nothing there; `--overwrite` has removed outputs);
 - a stage's errors speak of its options as flags (its config is its command line).
@@ -29,7 +29,7 @@ from saelab import __version__
 from saelab.atomic import atomic_write_bytes
 from saelab.budget.measure import PeakSampler, dir_size, gpu_peak_bytes, process_peak_rss
 from saelab.pipeline.executors import Executor, make_executor
-from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.flags import command_line, flags_in_errors
 from saelab.pipeline.stage import Done, Stage
 from saelab.progress import Reporter, WorkerRates, say
 from saelab.run import RunFolder, config_hash
@@ -71,9 +71,11 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
             if not todo and run.stage(stage.name).get("complete"):
                 measured = run.stage(stage.name).get("measured", {})
                 return stage.finish(Done(records, [], True, measured)).value
+            command = command_line(stage.name, stage.config, str(run.path))
             run.update_stage(
                 stage.name,
                 complete=False,
+                command=command,
                 config_hash=config_hash(binding),
                 saelab=__version__,
                 **stage.fields,
@@ -92,6 +94,7 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
             ) as rep:
                 rates = WorkerRates(stage.progress or "units")
                 for unit, rec in executor.run(stage, todo):
+                    rec["command"] = command  # what rebuilds it (`saelab verify` prints it)
                     run.record_unit(stage.name, unit.key, rec)
                     records[unit.key] = rec
                     progress.append(unit.key)
