@@ -27,7 +27,7 @@ class VerifyConfig(RunOptions):
     repair: bool = option(
         False, "remove damaged units (files and records) so their stage command rebuilds them"
     )
-    workers: int | None = option(None, "files hashed at once (default: CPUs, at most 8)")
+    workers: int | None = option(None, "files hashed at once (default: CPUs, at most 8)", minimum=1)
 
 
 def run_verify(c: VerifyConfig) -> None:
