@@ -64,10 +64,10 @@ RANGES = [
     (["train", "--stream", "--context", "1"], ["--context 1", "at least 2"]),
     (["extract", "--shard-size", "0"], ["--shard-size 0", "at least 1"]),
     (["extract", "--limit", "0"], ["--limit 0", "at least 1"]),
-    (["contrast", "--groups", "a,b", "--top", "0"], ["--top 0", "at least 1"]),
+    (["contrast", "--groups", "a,b", "--top", "-1"], ["--top -1", "at least 0"]),
     (["contrast", "--groups", "a,b", "--min-active", "0"], ["--min-active 0", "at least 1"]),
     (["patch", "--edits", "resid_post.1:1=0", "--generate", "0"], ["--generate 0", "at least 1"]),
-    (["inspect", "--hook", "resid_post.1", "--features", "1", "--top", "0"], ["--top 0"]),
+    (["inspect", "--hook", "resid_post.1", "--features", "1", "--top", "-3"], ["--top -3"]),
 ]
 
 

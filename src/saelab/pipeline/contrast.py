@@ -67,7 +67,7 @@ class ContrastConfig(StageOptions):
     )
     alpha: float = option(0.05, "false discovery rate")
     source: str = option("codes", "codes | activations (raw hidden dimensions, a baseline)")
-    top: int = option(20, "strongest features to print and summarise", minimum=1)
+    top: int = option(20, "strongest features to print and summarise", minimum=0)
 
 
 @dataclass(frozen=True)

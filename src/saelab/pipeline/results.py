@@ -25,7 +25,7 @@ class InspectConfig(RunOptions):
 
     hook: str = option(..., "the SAE's hook, e.g. resid_post.7")
     features: str = option(..., "feature ids, e.g. 12,845 or 3-7")
-    top: int = option(20, "top-activating contexts per feature", minimum=1)
+    top: int = option(20, "top-activating contexts per feature", minimum=0)
     prompts: str | None = option(None, "run these prompts through the model and SAE instead")
     corpus: str | None = option(
         None, "or windows of this corpus (txt/jsonl/parquet, folder, builtin:stdlib)"
