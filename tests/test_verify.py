@@ -46,7 +46,8 @@ def test_verify_finds_a_flip_and_a_deleted_chunk_and_repair_rebuilds_them(
     before = tree_digests(run / "activations")
     seen: list[tuple[int, int]] = []
     report = verify_run(run, workers=2, progress=lambda done, total: seen.append((done, total)))
-    assert report.ok and report.counts()[INTACT] == 3 and report.files_hashed == len(before) - 2
+    # three shards and the stage's own prompt table; the store's two root groups are setup's
+    assert report.ok and report.counts()[INTACT] == 4 and report.files_hashed == len(before) - 1
     assert seen and seen[-1][0] == seen[-1][1] == report.bytes_hashed
 
     shards = run / "activations" / "shards"
@@ -66,7 +67,9 @@ def test_verify_finds_a_flip_and_a_deleted_chunk_and_repair_rebuilds_them(
     assert by_unit["shard-00001"].status == INTACT
     assert by_unit["shard-00002"].status == MISSING
     assert by_unit["shard-00002"].missing == [f"activations/shards/00002/{HOOKS[1]}/c.0.0"]
-    assert report.rebuild() == {"extract": f"saelab extract --run {run}"}
+    assert report.rebuild() == {"extract": f"saelab extract --run {run} --prompts {prompts}"
+                                " --hooks resid_post.1,resid_post.2 --store-dtype float16"
+                                " --shard-size 4"}  # fmt: skip
 
     removed = repair(run, report)
     shards_removed = sorted({"/".join(r.split("/")[:3]) for r in removed})
@@ -78,7 +81,7 @@ def test_verify_finds_a_flip_and_a_deleted_chunk_and_repair_rebuilds_them(
     _extract(run, prompts, smol)  # the same command rebuilds exactly the two shards
     assert tree_digests(run / "activations") == before
     assert file_digest(shards / "00001" / HOOKS[0] / "c.0.0") == kept
-    assert verify_run(run).counts()[INTACT] == 3
+    assert verify_run(run).counts()[INTACT] == 4
 
 
 def test_units_recorded_file_by_file(tmp_path):

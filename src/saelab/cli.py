@@ -46,6 +46,7 @@ from saelab.pipeline.results import (
 )
 from saelab.pipeline.show import ShowConfig, show_run
 from saelab.pipeline.train import TrainConfig, run_train
+from saelab.pipeline.verify import VerifyConfig, run_verify
 
 app = typer.Typer(
     add_completion=False,
@@ -102,6 +103,7 @@ COMMANDS: list[tuple[str, type, Any]] = [
     ("inspect", InspectConfig, run_inspect),
     ("report", ReportConfig, run_report),
     ("export-stats", ExportStatsConfig, run_export_stats),
+    ("verify", VerifyConfig, run_verify),
     ("demo", DemoConfig, lambda c: run_demo(run=str(c.run), hooks=c.hooks, quiet=c.quiet)),
 ]
 for _name, _config, _handler in COMMANDS:

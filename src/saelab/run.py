@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 import tomllib
 from pathlib import Path
@@ -18,11 +19,13 @@ from typing import Any
 
 import tomli_w
 
-from saelab.atomic import atomic_write_json, atomic_write_text
+from saelab.atomic import atomic_write_json, atomic_write_text, file_digest
 from saelab.errors import SaelabError
 
 MANIFEST = "manifest.json"
 CONFIG = "run.toml"
+#: draws the data file a resume re-hashes per skipped unit (a different one each resume)
+_SAMPLER = random.SystemRandom()
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
@@ -140,8 +143,14 @@ class RunFolder:
         return dict(self.stage(stage).get("units", {}))
 
     def verified_unit(self, stage: str, unit: str) -> dict[str, Any] | None:
-        """The unit's record if it is recorded and its files are all there with the recorded
-        total size; None means: run it (again)."""
+        """The unit's record if it is recorded, its files are all there with the recorded
+        total size and a cheap spot check of their hashes holds; None means: run it (again).
+
+        The spot check (resume must not cost a full re-hash; `saelab verify` does that):
+        the sha256 of every metadata file (`.json`, small) and of one data file drawn at
+        random. A file that is there with the right size but other bytes is damage, not a
+        killed writer's debris (units are recorded only once their files are in place): it
+        is refused, naming the file and the repair, rather than read or silently redone."""
         rec = self.done_units(stage).get(unit)
         if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict):
             return None
@@ -151,7 +160,19 @@ class RunFolder:
             if not p.is_file():
                 return None
             size += p.stat().st_size
-        return rec if size == rec.get("bytes") else None
+        if size != rec.get("bytes"):
+            return None
+        files: dict[str, str] = rec["files"]
+        meta = [rel for rel in files if rel.endswith(".json")]
+        data = sorted(set(files) - set(meta))
+        for rel in [*meta, *([_SAMPLER.choice(data)] if data else [])]:
+            if file_digest(self.path / rel) != files[rel]:
+                raise SaelabError(
+                    f"{self.path / rel} does not match the sha256 {stage} recorded for it"
+                    f" (unit {unit}): the file is damaged; run `saelab verify {self.path}"
+                    " --repair`, then this command again to rebuild it"
+                )
+        return rec
 
     def drop_units(self, stage: str, under: list[str]) -> None:
         """Forget the units that recorded files below any of `under` (paths in the run)."""

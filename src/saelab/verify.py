@@ -56,6 +56,7 @@ class UnitCheck:
     damaged: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     detail: str = ""
+    command: str = ""  # what rebuilds it once `repair` has removed it
 
 
 @dataclass
@@ -80,8 +81,10 @@ class VerifyReport:
         return out
 
     def rebuild(self) -> dict[str, str]:
-        """{stage: the command that rebuilds its damaged units after `repair`}."""
-        return {u.stage: f"saelab {u.stage} --run {self.run}" for u in self.problems()}
+        """{stage: the command that rebuilds its damaged units after `repair`} (the last one
+        recorded for that stage's damaged units; the plain `saelab STAGE --run RUN` for
+        records older than the recorded commands)."""
+        return {u.stage: u.command or f"saelab {u.stage} --run {self.run}" for u in self.problems()}
 
 
 # -- hashing --------------------------------------------------------------------------------
@@ -248,8 +251,14 @@ def _train_unit(run: Path, check: UnitCheck) -> _Plan:
     return _read_check(check, read)
 
 
+#: the name under which a stage's own files (written before its units: extract's prompt
+#: table) are checked; repair removes them and the stage's next run writes them again
+STAGE_FILES = "(stage files)"
+
+
 def _plan(run: Path, stage: str, unit: str, rec: Any) -> _Plan:
-    check = UnitCheck(stage, unit, CHECKED)
+    command = rec.get("command") if isinstance(rec, dict) else None
+    check = UnitCheck(stage, unit, CHECKED, command=command if isinstance(command, str) else "")
     if isinstance(rec, dict) and isinstance(rec.get("files"), dict):
         return _files_unit(run, check, rec["files"])
     if isinstance(rec, dict) and stage == "extract" and "sha256" in rec:
@@ -260,6 +269,14 @@ def _plan(run: Path, stage: str, unit: str, rec: Any) -> _Plan:
         return _train_unit(run, check)
     check.detail = "no files recorded for this unit"
     return _Plan(check, [], lambda h: None)
+
+
+def _units_of(info: dict[str, Any]) -> dict[str, Any]:
+    """A stage's unit records, with its own files as one more unit."""
+    units = dict(info.get("units") or {})
+    if isinstance(info.get("files"), dict) and info["files"]:
+        units[STAGE_FILES] = {"files": info["files"], "command": info.get("command")}
+    return units
 
 
 # -- the public API -----------------------------------------------------------------------
@@ -280,7 +297,7 @@ def verify_run(
         _plan(folder.path, stage, unit, rec)
         for stage, info in stages.items()
         if isinstance(info, dict)
-        for unit, rec in sorted((info.get("units") or {}).items())
+        for unit, rec in sorted(_units_of(info).items())
     ]
     paths = sorted({p for plan in plans for p in plan.paths})
     hashes = _hash_all(paths, workers, progress)
@@ -317,6 +334,8 @@ def repair(path: Path | str, report: VerifyReport) -> list[str]:
     for u in bad:
         st = manifest.get("stages", {}).get(u.stage)
         if isinstance(st, dict):
+            if u.unit == STAGE_FILES:
+                st.pop("files", None)
             (st.get("units") or {}).pop(u.unit, None)
             st["complete"] = False
     folder.write_manifest(manifest)

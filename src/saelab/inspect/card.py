@@ -20,6 +20,7 @@ from saelab.errors import SaelabError
 from saelab.inspect.accumulate import Context, FeatureAccumulator
 from saelab.inspect.blocks import code_blocks, model_blocks, store_blocks
 from saelab.inspect.lens import decode_tokens, logit_lens
+from saelab.models.describe import describe_model
 from saelab.models.hooks import parse_hooks
 from saelab.models.loading import load_model
 from saelab.models.tokens import tokenize_prompts
@@ -93,8 +94,10 @@ def feature_card(
     if top < 0:
         raise SaelabError(f"top {top} must be 0 or more")
     spec = model or (run_info.model_spec(run_path) if run_path else "default")
-    lm = lm or load_model(spec, quiet=quiet)
-    hp = parse_hooks(hook, lm.n_layers)
+    # the hook, the SAE and the features are checked against the model's header (its
+    # depth) and the SAE's width before the model loads (seconds to minutes)
+    depth = lm.n_layers if lm is not None else describe_model(spec).shape.n_layers
+    hp = parse_hooks(hook, depth)
     if len(hp) != 1:
         raise SaelabError(f"hook {hook!r} names {len(hp)} hook points; name exactly one")
     hook_name = hp[0].name
@@ -105,6 +108,7 @@ def feature_card(
     feats = parse_features(features if isinstance(features, str) else list(features), d_sae)
     if not feats:
         raise SaelabError("give the features to inspect, e.g. 12,845")
+    lm = lm or load_model(spec, quiet=quiet)
     pool = run_info.contrast_pool(run_path) if run_path else "max"
     acc = FeatureAccumulator(feats, top=top, window=window, pool=pool)
     if corpus or prompts:

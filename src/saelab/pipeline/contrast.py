@@ -62,10 +62,12 @@ class ContrastConfig(StageOptions):
     group_column: str = option("group", "prompt column holding the group")
     pool: str = option("max", "token codes -> one value: last | max | mean")
     hooks: str | None = option(None, "hooks (default: all encoded)")
-    min_active: int = option(5, "test a feature only if it fires in N+ prompts (both groups)")
+    min_active: int = option(
+        5, "test a feature only if it fires in N+ prompts (both groups)", minimum=1
+    )
     alpha: float = option(0.05, "false discovery rate")
     source: str = option("codes", "codes | activations (raw hidden dimensions, a baseline)")
-    top: int = option(20, "strongest features to print and summarise")
+    top: int = option(20, "strongest features to print and summarise", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ The rules, the same for every stage:
 - a unit counts as done when its record is in the manifest and its files are all there with
   the recorded size; anything else runs (again), so a killed run resumes;
 - the driver alone writes manifest.json: a unit's record (files and hashes, bytes, seconds,
-  peak RSS, worker, and the stage's info) once it is complete, the stage's wall time, peak
-  memory and disk at the end;
+  peak RSS, worker, the command that rebuilds it, and the stage's info) once it is complete,
+  the stage's wall time, peak memory and disk at the end;
 - a stage that fails before any of its units is recorded leaves run.toml and manifest.json
   as they were (a refused command changes nothing there; `--overwrite` has removed outputs);
 - a stage's errors speak of its options as flags (its config is its command line).
@@ -20,16 +20,18 @@ The rules, the same for every stage:
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import saelab.pipeline.executors_ray  # noqa: F401  (registers --executor ray)
 from saelab import __version__
-from saelab.atomic import atomic_write_bytes
+from saelab.atomic import TMP_PREFIX, atomic_write_bytes, remove_debris
 from saelab.budget.measure import PeakSampler, dir_size, gpu_peak_bytes, process_peak_rss
 from saelab.pipeline.executors import Executor, make_executor
-from saelab.pipeline.flags import flags_in_errors
+from saelab.pipeline.flags import command_line, flags_in_errors
 from saelab.pipeline.stage import Done, Stage
 from saelab.progress import Reporter, WorkerRates, say
 from saelab.run import RunFolder, config_hash
@@ -65,15 +67,18 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
             if stage.config.overwrite:
                 _clear(stage, list(binding) if stage.sections else None)
             run.write_binding(stage.name, binding, sections=stage.sections)
+            _tidy(stage)
             units = stage.units()
             records = {u.key: r for u in units if (r := run.verified_unit(stage.name, u.key))}
             todo = [u for u in units if u.key not in records]
             if not todo and run.stage(stage.name).get("complete"):
                 measured = run.stage(stage.name).get("measured", {})
                 return stage.finish(Done(records, [], True, measured)).value
+            command = command_line(stage.name, stage.config, str(run.path))
             run.update_stage(
                 stage.name,
                 complete=False,
+                command=command,
                 config_hash=config_hash(binding),
                 saelab=__version__,
                 **stage.fields,
@@ -92,6 +97,7 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
             ) as rep:
                 rates = WorkerRates(stage.progress or "units")
                 for unit, rec in executor.run(stage, todo):
+                    rec["command"] = command  # what rebuilds it (`saelab verify` prints it)
                     run.record_unit(stage.name, unit.key, rec)
                     records[unit.key] = rec
                     progress.append(unit.key)
@@ -118,6 +124,24 @@ def _disk(stage: Stage[Any]) -> int:
         p = stage.run.path / rel
         total += dir_size(p) if p.is_dir() else (p.stat().st_size if p.is_file() else 0)
     return total
+
+
+def _tidy(stage: Stage[Any]) -> None:
+    """Remove what killed writers of this run left (`.tmp-*`, `atomic`): in the run folder
+    itself (manifest.json, run.toml, setup's files) and anywhere below the stage's outputs.
+    The driver does it before any unit runs, when no writer of this stage can be alive, so a
+    resumed run ends with exactly the files of an uninterrupted one."""
+    root = stage.run.path
+    remove_debris(root)
+    for rel in stage.outputs():
+        top = root / rel
+        if not top.is_dir():
+            continue
+        for folder, dirs, files in os.walk(top):
+            here = Path(folder)
+            if any(n.startswith(TMP_PREFIX) for n in (*dirs, *files)):
+                remove_debris(here)
+            dirs[:] = [d for d in dirs if not d.startswith(TMP_PREFIX)]
 
 
 def _clear(stage: Stage[Any], sections: list[str] | None) -> None:

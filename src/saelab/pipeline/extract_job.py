@@ -53,7 +53,7 @@ class ExtractConfig(StageOptions):
     model: str = option("default", MODEL_HELP)
     prompts: str | None = option(None, PROMPTS_HELP)
     text_column: str = option("text", TEXT_COLUMN_HELP)
-    limit: int | None = option(None, "use only the first N prompts")
+    limit: int | None = option(None, "use only the first N prompts", minimum=1)
     hooks: str = option(
         DEFAULT_HOOKS,
         "hook points: resid_post.12, resid_post.0-29, mlp_out.*, blocks.5.hook_resid_mid,"
@@ -69,19 +69,21 @@ class ExtractConfig(StageOptions):
     )
     device: str = option("auto", DEVICE_HELP)
     batch_size: str = option("auto", "prompts per batch, or 'auto' (largest that fits)")
-    max_length: int | None = option(None, "truncate prompts to N tokens")
+    max_length: int | None = option(None, "truncate prompts to N tokens", minimum=1)
     bos: bool = option(True, "start every prompt with BOS", "--bos/--no-bos")
     drop_bos: bool = option(False, "do not store the BOS position")
     padding_side: str = option("right", "right | left (results are the same)")
     chat: bool = option(False, "wrap each prompt in the model's chat template")
-    generate: int | None = option(None, "record generation traces: up to N new tokens per prompt")
+    generate: int | None = option(
+        None, "record generation traces: up to N new tokens per prompt", minimum=1
+    )
     temperature: float = option(0.0, "sampling temperature (0 = greedy)")
     top_p: float = option(1.0, "nucleus sampling threshold")
     seed: int = option(0, "sampling seed (per shard: seed + shard index)")
     stop: list[str] | None = option(None, "the cleaned answer ends before this text (repeatable)")
     attentions: str | None = option(None, "record attention maps of these layers: 0,5,10-12 or all")
     heads: str | None = option(None, "keep only these heads of --attentions")
-    shard_size: int | None = option(None, "prompts per shard (unit of resume)")
+    shard_size: int | None = option(None, "prompts per shard (unit of resume)", minimum=1)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticUndefined
 
 from saelab.budget.planner import Budget
 from saelab.errors import SaelabError
@@ -26,12 +27,14 @@ def option(
     *decls: str,
     argument: bool = False,
     cli: bool = True,
+    minimum: int | None = None,
 ) -> Any:
     """A config field and its command-line option: `help` is its one description; `decls`
     spell the flag when it is not `--field-name` (e.g. "--bos/--no-bos"); `argument` makes
     it positional; `cli=False` keeps it out of the command (set elsewhere, e.g. --quiet on
-    the app)."""
-    extra = {"decls": list(decls), "argument": argument, "cli": cli}
+    the app); `minimum` is the smallest value it takes (a default is spelled by leaving the
+    option out, never by 0)."""
+    extra = {"decls": list(decls), "argument": argument, "cli": cli, "minimum": minimum}
     return Field(default, description=help, json_schema_extra=extra)
 
 
@@ -45,6 +48,24 @@ class Options(BaseModel):
     @classmethod
     def field_names(cls) -> list[str]:
         return list(cls.model_fields)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Refuse a value under its field's `minimum` as soon as the config is built (before
+        any file, model or store is opened), in one line naming the option and its range."""
+        for name, field in type(self).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            low, value = extra.get("minimum"), getattr(self, name)
+            if isinstance(low, int) and isinstance(value, (int, float)) and value < low:
+                default = field.default
+                hint = "leave it out for the default" + (
+                    f" ({default})" if default is not None and default is not PydanticUndefined
+                    else ""
+                )  # fmt: skip
+                raise SaelabError(
+                    f"`{name}` {value} is out of range: it must be at least {low}; {hint}"
+                    if default is not PydanticUndefined
+                    else f"`{name}` {value} is out of range: it must be at least {low}"
+                )
 
 
 class RunOptions(Options):

@@ -25,6 +25,7 @@ from saelab.errors import SaelabError
 from saelab.models.hooks import hook_point
 from saelab.models.loading import load_tokenizer
 from saelab.patch import check_edits, generate_patched
+from saelab.patch.apply import AT
 from saelab.pipeline.driver import run_stage
 from saelab.pipeline.inputs import model_depth, prompt_table, run_model
 from saelab.pipeline.options import StageOptions, option
@@ -49,14 +50,14 @@ class PatchConfig(StageOptions):
     values: str = option("0", "sweep values: 0,x2,mean_A,mean_B,@A,+=D")
     saes: str | None = option(None, "SAEs (default: those encode used)")
     prompts: str | None = option(None, "prompts (default: the run's)")
-    generate: int = option(16, "new tokens per prompt")
+    generate: int = option(16, "new tokens per prompt", minimum=1)
     at: str = option("last+generated", "last | prompt | generated | all | last+generated")
     temperature: float = option(0.0, "0: greedy")
     top_p: float = option(1.0, "nucleus sampling")
     seed: int = option(0, "sampling seed")
     targets: str | None = option(None, "tokens whose log-probs to compare, e.g. ' yes, no'")
     outcome: list[str] | None = option(None, "LABEL=REGEX labelling each generation (repeatable)")
-    batch_size: int = option(32, "rows per generation batch")
+    batch_size: int = option(32, "rows per generation batch", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ class PatchStage(Stage[PatchConfig]):
             raise SaelabError(f"--generate {o.generate} must be at least 1")
         if o.batch_size < 1:
             raise SaelabError(f"--batch-size {o.batch_size} must be at least 1")
+        if o.at not in AT:
+            raise SaelabError(f"--at {o.at!r} is not one of {', '.join(AT)}")
+        if o.temperature < 0:
+            raise SaelabError(f"--temperature {o.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < o.top_p <= 1:
+            raise SaelabError(f"--top-p {o.top_p} must be in (0, 1]")
         self.outcomes  # noqa: B018  (each check fails before anything is written)
         self.prompts  # noqa: B018
         check_edits([e for s in self.sets for e in s.edits], self.saes)

@@ -25,13 +25,13 @@ class InspectConfig(RunOptions):
 
     hook: str = option(..., "the SAE's hook, e.g. resid_post.7")
     features: str = option(..., "feature ids, e.g. 12,845 or 3-7")
-    top: int = option(20, "top-activating contexts per feature")
+    top: int = option(20, "top-activating contexts per feature", minimum=0)
     prompts: str | None = option(None, "run these prompts through the model and SAE instead")
     corpus: str | None = option(
         None, "or windows of this corpus (txt/jsonl/parquet, folder, builtin:stdlib)"
     )
-    context: int = option(64, "--corpus: tokens per window")
-    max_tokens: int = option(50_000, "--corpus: tokens to read at most")
+    context: int = option(64, "--corpus: tokens per window", minimum=2)
+    max_tokens: int = option(50_000, "--corpus: tokens to read at most", minimum=1)
     sae: str | None = option(None, "SAE to use (default: the one the run's codes used)")
 
 

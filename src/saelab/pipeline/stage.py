@@ -20,7 +20,8 @@ What runs where, so that units can run in other processes (a Ray actor per worke
 
 Every unit record in manifest.json has the same shape, so anything can re-hash every file of
 every stage: `{"files": {relpath: sha256}, "bytes": int, "seconds": float, "peak_rss": int,
-"worker": str, ...info}`; files the driver wrote in `setup` are the stage's own `files`.
+"worker": str, "command": the `saelab ...` line that rebuilds it, ...info}`; files the
+driver wrote in `setup` are the stage's own `files`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ C = TypeVar("C", bound=StageOptions)
 T = TypeVar("T")
 
 #: the keys every unit record has; a stage's info may not use them
-RECORD_KEYS = ("files", "bytes", "seconds", "peak_rss", "worker")
+RECORD_KEYS = ("files", "bytes", "seconds", "peak_rss", "worker", "command")
 
 
 @dataclass(frozen=True)

@@ -60,25 +60,28 @@ class TrainConfig(StageOptions):
 
     hooks: str | None = option(None, "hooks to train (default: every stored hook)")
     arch: str = option("topk", "topk | batchtopk | jumprelu | relu")
-    expansion: int | None = option(8, "d_sae = expansion x d_in")
-    d_sae: int | None = option(None, "latents (overrides --expansion)")
-    k: int | None = option(32, "active latents per token (topk, batchtopk)")
+    expansion: int | None = option(8, "d_sae = expansion x d_in", minimum=1)
+    d_sae: int | None = option(None, "latents (overrides --expansion)", minimum=1)
+    k: int | None = option(32, "active latents per token (topk, batchtopk)", minimum=1)
     l1: float = option(0.2, "relu: L1 coefficient")
     l0_coef: float = option(2e-3, "jumprelu: L0 coefficient")
     lr: float | None = option(None, "Adam learning rate (default: 0.03/sqrt(d_in) topk, else 4e-4)")
-    batch_size: int = option(1024, "tokens per step")
+    batch_size: int = option(1024, "tokens per step", minimum=1)
     tokens: int | None = option(
         None,
         "training tokens (default: --epochs over the data; --stream reads tokens/epochs of"
         " the corpus, 250,000 without --tokens)",
+        minimum=1,
     )
-    epochs: int = option(1, "passes over the data")
+    epochs: int = option(1, "passes over the data", minimum=1)
     seed: int = option(0, "initialisation and data order")
     dtype: str = option("float32", "encoder matmul: float32 | bfloat16")
     device: str = option("cpu", DEVICE_HELP)
-    patience: int | None = option(3, "stop after N evaluations without EV gain (0: never)")
-    eval_every: int | None = option(None, "steps between evaluations")
-    checkpoint_every: int | None = option(None, "steps between checkpoints")
+    patience: int | None = option(
+        3, "stop after N evaluations without EV gain (0: never)", minimum=0
+    )
+    eval_every: int | None = option(None, "steps between evaluations", minimum=1)
+    checkpoint_every: int | None = option(None, "steps between checkpoints", minimum=1)
     holdout: str = option(
         "0.1",
         "held out for evaluation: a fraction of the prompts/windows (at most 32) or a whole"
@@ -87,7 +90,7 @@ class TrainConfig(StageOptions):
     stream: bool = option(False, "capture from the model over --corpus")
     corpus: str | None = option(None, "--stream text: txt/jsonl/parquet file or folder")
     model: str = option("default", MODEL_HELP)
-    context: int = option(128, "--stream: tokens per window")
+    context: int = option(128, "--stream: tokens per window", minimum=2)
     text_column: str = option("text", TEXT_COLUMN_HELP)
     splice: bool = option(True, "measure CE loss recovered in the model")
 

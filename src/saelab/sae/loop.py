@@ -70,7 +70,7 @@ def save_checkpoint(path: Path, trainers: dict[str, SAETrainer], prog: dict[str,
     }
     buf = io.BytesIO()
     torch.save(blob, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), what=f"training checkpoint {path.name}")
 
 
 def load_checkpoint(
