@@ -1,0 +1,163 @@
+"""What `saelab demo` says about its run, in plain words, every number read from the run's
+own files: one note per stage (what it did or measured) and the strongest findings (a feature's
+group difference from the contrast table, what setting it did in the patch summary)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from saelab.store.codes import CODES_DIR
+from saelab.units import format_bytes
+
+HOOK_DIR = "saes"
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _units(run: Path, stage: str) -> list[dict[str, Any]]:
+    m = _json(run / "manifest.json")
+    return list(m.get("stages", {}).get(stage, {}).get("units", {}).values())
+
+
+def sae_quality(run: Path) -> dict[str, dict[str, Any]]:
+    """Per trained hook, the held-out figures `train` recorded (cfg.json metadata)."""
+    out = {}
+    for cfg in sorted((run / HOOK_DIR).glob("*/cfg.json")):
+        c = _json(cfg)
+        out[cfg.parent.name] = {**c.get("metadata", {}), "d_in": c.get("d_in"),
+                                "d_sae": c.get("d_sae")}  # fmt: skip
+    return out
+
+
+def stage_notes(run: Path, name: str, settings: Any) -> str:
+    """One phrase on what the stage did, from what it wrote."""
+    try:
+        return _NOTES[name](run, settings)
+    except (OSError, KeyError, ValueError, IndexError, TypeError) as e:
+        return f"(no summary: {type(e).__name__})"
+
+
+def _plan(run: Path, s: Any) -> str:
+    p = _json(run / "manifest.json").get("plans", {}).get("extract", {})
+    e = p.get("estimate", {})
+    fits = "fits" if p.get("verdict", {}).get("fits", True) else "does NOT fit"
+    return (f"extract predicted {e.get('seconds', 0):.1f} s, {format_bytes(e.get('ram_bytes'))}"
+            f" RAM, {format_bytes(e.get('disk_bytes'))} disk: {fits}")  # fmt: skip
+
+
+def _extract(run: Path, s: Any) -> str:
+    units = _units(run, "extract")
+    prompts = sum(int(u["prompts"][1]) - int(u["prompts"][0]) for u in units)
+    tokens = sum(int(u.get("tokens", 0) or 0) for u in units)
+    size = sum(int(u.get("bytes", 0)) for u in units)
+    return f"{prompts} statements, {tokens:,} tokens at resid_post.7, {format_bytes(size)}"
+
+
+def _train(run: Path, s: Any) -> str:
+    parts = []
+    for hook, q in sae_quality(run).items():
+        parts.append(
+            f"TopK {q['d_in']}->{q['d_sae']} k=32 on {q.get('trained_tokens', 0):,} tokens: held-out"
+            f" EV {q['explained_variance']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_features']},"
+            f" CE recovered {q.get('ce_loss_recovered', float('nan')):.3f}"
+        )
+    return "; ".join(parts)
+
+
+def _encode(run: Path, s: Any) -> str:
+    units = _units(run, "encode")
+    rows = sum(int(u.get("rows", 0) or 0) for u in units)
+    return f"{rows:,} token codes" if rows else f"codes in {CODES_DIR}"
+
+
+def _contrast(run: Path, s: Any) -> str:
+    summary = _json(run / "stats" / "contrast_summary.json")
+    h = next(iter(summary.get("hooks", {}).values()))
+    g = summary["groups"]
+    return (f"{' vs '.join(f'{n} {k}' for k, n in g.items())}: {h['tested']} of {h['features']}"
+            f" features tested, {h['significant']} significant (FDR)")  # fmt: skip
+
+
+def _patch(run: Path, s: Any) -> str:
+    summary = pq.read_table(run / "patch" / "summary.parquet").to_pylist()
+    edits = {r["edit"] for r in summary if r["edit"] != "baseline"}
+    n = next(r["n"] for r in summary if r["group"] == "all")
+    return (f"{len(edits)} edits x {n} statements + baseline, {s.generate} new tokens each,"
+            " target log-probs and labels vs baseline")
+
+
+def _inspect(run: Path, s: Any) -> str:
+    n = len(list((run / "inspect").rglob("*.parquet")))
+    return f"feature cards of the {s.top} strongest features ({n} tables)"
+
+
+def _report(run: Path, s: Any) -> str:
+    p = run / "report" / "index.html"
+    return f"one self-contained page, {format_bytes(p.stat().st_size)}"
+
+
+_NOTES = {"plan": _plan, "extract": _extract, "train": _train, "encode": _encode,
+          "contrast": _contrast, "patch": _patch, "inspect": _inspect, "report": _report}  # fmt: skip
+
+
+def findings(run: Path, top: int, layer: int) -> list[str]:
+    """The `top` strongest contrast features in plain words, each with what setting it to its
+    own group's mean did to the other group's statements (the patch summary)."""
+    t = pq.read_table(run / "stats" / "contrast.parquet").to_pandas()
+    t = t[t["source"] == "codes"] if "source" in t else t
+    t = t[t["tested"]].sort_values(["log10_p_t", "feature"]).head(top)
+    summary = _json(run / "stats" / "contrast_summary.json")
+    a, b = summary.get("group_a", "A"), summary.get("group_b", "B")
+    patch = _patch_rows(run)
+    out = []
+    for _, r in t.iterrows():
+        f, d = int(r["feature"]), float(r["cohen_d"])
+        text = (f"feature {f} at layer {layer} fires on {int(r['active_a'])}/{int(r['n_a'])} {a}"
+                f" and {int(r['active_b'])}/{int(r['n_b'])} {b} statements (d = {d:.1f},"
+                f" q = {_p(r['q'])})")  # fmt: skip
+        own, other = ("A", b) if d > 0 else ("B", a)
+        row = _patch_row(patch, f, own, other)
+        if row is not None:
+            text += "; " + _effect(row, a if own == "A" else b, other)
+        out.append(text)
+    return out
+
+
+def _patch_rows(run: Path) -> list[dict[str, Any]]:
+    p = run / "patch" / "summary.parquet"
+    return pq.read_table(p).to_pylist() if p.is_file() else []
+
+
+def _patch_row(rows: list[dict[str, Any]], feature: int, own: str, group: str) -> Any:
+    """The summary row of `feature` set to its own group's mean, on the other group."""
+    for r in rows:
+        edit = str(r["edit"])
+        if edit.endswith(f"(mean_{own})") and f":{feature}=" in edit and r["group"] == group:
+            return r
+    return None
+
+
+def _effect(r: dict[str, Any], own: str, other: str) -> str:
+    value = str(r["edit"]).split("=")[-1].split()[0]
+    d, ci = r.get("delta_logp_diff"), r.get("ci95") or [math.nan, math.nan]
+    toward = "toward ' The' (over ' I')" if (d or 0) >= 0 else "toward ' I' (over ' The')"
+    text = (f"setting it to the {own} mean ({value}) in {r['n']} {other} statements moves the"
+            f" next token {toward} by {abs(d or 0):.2f} nats (95% CI {ci[0]:+.2f} to"
+            f" {ci[1]:+.2f})")  # fmt: skip
+    if r.get("rate[The]") is not None:
+        text += (f", continuations with 'The' {r['rate[The]']:.0%} vs {r['baseline_rate[The]']:.0%}"
+                 f" unpatched (Fisher p = {_p(r.get('fisher_p[The]'))})")  # fmt: skip
+    return text
+
+
+def _p(p: Any) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    return f"{p:.2g}"
