@@ -4,7 +4,7 @@
 (`builtin:styles`: 100 formal, 100 casual) at layer 7, `train` a TopK SAE there streamed over
 Python's docstrings (200 short statements are far too few tokens for an SAE), `encode` the
 statements with it, `contrast` the two styles, `patch` the strongest features (each set to the
-formal and to the casual mean) while the model continues the statements, `inspect` those
+steered along its direction) while the model continues the statements, `inspect` those
 features and write the `report`. Every stage is the ordinary one on one run folder, so a second
 `saelab demo` skips what is done; the stages' own tables go to RUN/demo.log and the screen
 gets one line per stage, then the three strongest findings (`demo_findings`).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -71,8 +72,11 @@ class Settings:
     generate: int  # new tokens per patched continuation
 
 
-FULL = Settings(None, 163_840, 5, 4608, 128, 100, 3, 8)
+FULL = Settings(None, 131_072, 4, 4608, 128, 80, 3, 4)
 FAST = Settings(40, 8_192, 2, 1024, 64, 20, 2, 4)
+# steering adds STEER x the feature's decoder row, whose norm is the layer's mean token norm
+# (input scaling is folded into the SAE): a push of one typical token's size
+STEER = 1
 
 
 class DemoConfig(RunOptions):
@@ -109,7 +113,7 @@ def run_demo(config: DemoConfig, lm: LoadedModel | None = None) -> dict[str, Any
     demo.step("inspect", lambda: _inspect(run, s, demo), f"inspect/{HOOK}")
     demo.step("report", lambda: _report(run), "report/index.html")
     report = Path(run) / "report" / "index.html"
-    found = findings(Path(run), s.top, LAYER)
+    found = findings(Path(run), s.top, LAYER, STEER)
     print(f"report: {report}  (open it in a browser; the stages' tables: {run}/demo.log)")
     print("strongest findings:")
     for i, line in enumerate(found[:3], 1):
@@ -133,14 +137,16 @@ class _Demo:
     def step(self, name: str, work: Callable[[], Any], where: str) -> None:
         before = _complete(Path(self.run), name)
         say(f"[bold]{len(self.lines) + 1}/{self.n} {name}[/bold]", self.quiet)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         with self._log(name):
             work()
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, _cpu() - c0
         what = stage_notes(Path(self.run), name, self.settings)
         done = " (done before: skipped)" if before else ""
-        line = (f"{len(self.lines) + 1}/{self.n} {name:<8} {format_seconds(secs):>7}  {what}"
-                f"{done} -> {Path(self.run) / where}")  # fmt: skip
+        line = (
+            f"{len(self.lines) + 1}/{self.n} {name:<8} {format_seconds(secs):>7}"
+            f" (cpu {format_seconds(cpu)})  {what}{done} -> {Path(self.run) / where}"
+        )
         self.lines.append(line)
         print(line, flush=True)
 
@@ -156,6 +162,12 @@ class _Demo:
                 log = Path(self.run) / "demo.log"
                 old = log.read_text() if log.is_file() else ""
                 atomic_write_bytes(log, (old + f"== {name}\n{text}").encode())
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far (every thread): the work, whatever the load."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _complete(run: Path, name: str) -> bool:
@@ -192,15 +204,15 @@ def _train_config(run: str, s: Settings, quiet: bool) -> TrainConfig:
 
 
 def _patch_config(run: str, s: Settings, quiet: bool) -> PatchConfig:
-    """The strongest features, each set to the formal group's mean and to the casual one's,
-    on the first statements of both groups."""
+    """The strongest features, each steered along its decoder direction, on the first
+    statements of both groups."""
     path = Path(run) / "demo" / "patch_prompts.jsonl"
     if not path.is_file():
         t = read_prompts(PROMPTS, limit=s.patch_prompts)
         rows = [{"id": i, "text": x, "group": g}
                 for i, x, g in zip(t.ids, t.texts, t.groups or [], strict=True)]  # fmt: skip
         atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
-    return PatchConfig(run=run, sweep=f"top:{s.top}", values="mean_A,mean_B", prompts=str(path),
+    return PatchConfig(run=run, sweep=f"top:{s.top}", values=f"@{STEER}", prompts=str(path),
                        generate=s.generate, targets=TARGETS, outcome=OUTCOMES,
                        quiet=quiet)  # fmt: skip
 

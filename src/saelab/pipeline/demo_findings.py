@@ -62,9 +62,9 @@ def _extract(run: Path, s: Any) -> str:
 
 def _train(run: Path, s: Any) -> str:
     parts = []
-    for hook, q in sae_quality(run).items():
+    for q in sae_quality(run).values():
         parts.append(
-            f"TopK {q['d_in']}->{q['d_sae']} k=32 on {q.get('trained_tokens', 0):,} tokens: held-out"
+            f"TopK {q['d_in']}->{q['d_sae']} k=32, {q.get('trained_tokens', 0):,} tokens: held-out"
             f" EV {q['explained_variance']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_features']},"
             f" CE recovered {q.get('ce_loss_recovered', float('nan')):.3f}"
         )
@@ -89,8 +89,10 @@ def _patch(run: Path, s: Any) -> str:
     summary = pq.read_table(run / "patch" / "summary.parquet").to_pylist()
     edits = {r["edit"] for r in summary if r["edit"] != "baseline"}
     n = next(r["n"] for r in summary if r["group"] == "all")
-    return (f"{len(edits)} edits x {n} statements + baseline, {s.generate} new tokens each,"
-            " target log-probs and labels vs baseline")
+    return (
+        f"{len(edits)} edits x {n} statements + baseline, {s.generate} new tokens each,"
+        " target log-probs and labels vs baseline"
+    )
 
 
 def _inspect(run: Path, s: Any) -> str:
@@ -103,57 +105,53 @@ def _report(run: Path, s: Any) -> str:
     return f"one self-contained page, {format_bytes(p.stat().st_size)}"
 
 
-_NOTES = {"plan": _plan, "extract": _extract, "train": _train, "encode": _encode,
-          "contrast": _contrast, "patch": _patch, "inspect": _inspect, "report": _report}  # fmt: skip
+_NOTES = {
+    "plan": _plan,
+    "extract": _extract,
+    "train": _train,
+    "encode": _encode,
+    "contrast": _contrast,
+    "patch": _patch,
+    "inspect": _inspect,
+    "report": _report,
+}
 
 
-def findings(run: Path, top: int, layer: int) -> list[str]:
-    """The `top` strongest contrast features in plain words, each with what setting it to its
-    own group's mean did to the other group's statements (the patch summary)."""
+def findings(run: Path, top: int, layer: int, steer: float) -> list[str]:
+    """The `top` strongest contrast features in plain words, each with what steering it
+    `@steer` did to the statements of the group it fires less on (the patch summary)."""
     t = pq.read_table(run / "stats" / "contrast.parquet").to_pandas()
     t = t[t["source"] == "codes"] if "source" in t else t
     t = t[t["tested"]].sort_values(["log10_p_t", "feature"]).head(top)
     summary = _json(run / "stats" / "contrast_summary.json")
     a, b = summary.get("group_a", "A"), summary.get("group_b", "B")
-    patch = _patch_rows(run)
+    p = run / "patch" / "summary.parquet"
+    patch = pq.read_table(p).to_pylist() if p.is_file() else []
     out = []
     for _, r in t.iterrows():
         f, d = int(r["feature"]), float(r["cohen_d"])
         text = (f"feature {f} at layer {layer} fires on {int(r['active_a'])}/{int(r['n_a'])} {a}"
                 f" and {int(r['active_b'])}/{int(r['n_b'])} {b} statements (d = {d:.1f},"
                 f" q = {_p(r['q'])})")  # fmt: skip
-        own, other = ("A", b) if d > 0 else ("B", a)
-        row = _patch_row(patch, f, own, other)
+        other = b if d > 0 else a
+        edit = f"{r['hook']}:{f}@{steer:g}"
+        row = next((p for p in patch if p["edit"] == edit and p["group"] == other), None)
         if row is not None:
-            text += "; " + _effect(row, a if own == "A" else b, other)
+            text += "; " + _effect(row, steer, other)
         out.append(text)
     return out
 
 
-def _patch_rows(run: Path) -> list[dict[str, Any]]:
-    p = run / "patch" / "summary.parquet"
-    return pq.read_table(p).to_pylist() if p.is_file() else []
-
-
-def _patch_row(rows: list[dict[str, Any]], feature: int, own: str, group: str) -> Any:
-    """The summary row of `feature` set to its own group's mean, on the other group."""
-    for r in rows:
-        edit = str(r["edit"])
-        if edit.endswith(f"(mean_{own})") and f":{feature}=" in edit and r["group"] == group:
-            return r
-    return None
-
-
-def _effect(r: dict[str, Any], own: str, other: str) -> str:
-    value = str(r["edit"]).split("=")[-1].split()[0]
+def _effect(r: dict[str, Any], steer: float, other: str) -> str:
     d, ci = r.get("delta_logp_diff"), r.get("ci95") or [math.nan, math.nan]
     toward = "toward ' The' (over ' I')" if (d or 0) >= 0 else "toward ' I' (over ' The')"
-    text = (f"setting it to the {own} mean ({value}) in {r['n']} {other} statements moves the"
-            f" next token {toward} by {abs(d or 0):.2f} nats (95% CI {ci[0]:+.2f} to"
-            f" {ci[1]:+.2f})")  # fmt: skip
+    n = int(r["n"])
+    text = (f"steering it @{steer:g} in {n} {other} statements moves the next token {toward}"
+            f" by {abs(d or 0):.2f} nats (95% CI {ci[0]:+.2f} to {ci[1]:+.2f})")  # fmt: skip
     if r.get("rate[The]") is not None:
-        text += (f", continuations with 'The' {r['rate[The]']:.0%} vs {r['baseline_rate[The]']:.0%}"
-                 f" unpatched (Fisher p = {_p(r.get('fisher_p[The]'))})")  # fmt: skip
+        k, kb = round(r["rate[The]"] * n), round(r["baseline_rate[The]"] * n)
+        text += (f"; {k}/{n} continuations say 'The' vs {kb}/{n} unpatched"
+                 f" (Fisher p = {_p(r.get('fisher_p[The]'))})")  # fmt: skip
     return text
 
 
