@@ -77,14 +77,13 @@ def test_cache_runs_each_window_once_and_resumes_to_the_same_batches(smol):
     rows = [torch.cat([b[name] for b in every[e * per : (e + 1) * per]]) for e in range(3)]
     plain = StreamSource(smol, hooks, w, batch_size=16, seed=5, windows_per_buffer=3,
                          capture_batch=2, prefetch=False)  # fmt: skip
-    first = list(itertools.islice(plain.batches(0), per))
-    torch.testing.assert_close(rows[0], torch.cat([b[name] for b in first]), rtol=0, atol=0)
-    whole = plain.capture(w)[name]  # every window's rows, captured anew
-    for e in (1, 2):  # a later epoch's rows are rows of the corpus, each at most once
-        got = {tuple(r.tolist()) for r in rows[e]}
-        assert len(got) == len(rows[e])
-        near = torch.cdist(rows[e], whole).min(dim=1).values
-        assert float(near.max()) < 1e-3 * float(whole.norm(dim=1).mean())
+    anew = list(itertools.islice(plain.batches(0), 3 * per))  # every epoch captured again
+    want = [torch.cat([b[name] for b in anew[e * per : (e + 1) * per]]) for e in range(3)]
+    torch.testing.assert_close(rows[0], want[0], rtol=0, atol=0)
+    for e in (1, 2):  # the same rows in the same order; only the capture batches differed
+        scale = float(want[e].abs().max())
+        torch.testing.assert_close(rows[e], want[e], rtol=0, atol=1e-4 * scale)
+        assert not torch.equal(rows[e], rows[0])  # and reshuffled
     resumed = _Counting(smol, hooks, w, **kw)
     again = list(itertools.islice(resumed.batches(2 * per + 1), per - 1))
     for a, b in zip(every[2 * per + 1 :], again, strict=True):
