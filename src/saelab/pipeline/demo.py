@@ -73,7 +73,7 @@ class Settings:
 
 
 FULL = Settings(None, 131_072, 4, 4608, 128, 80, 3, 4)
-FAST = Settings(40, 8_192, 2, 1024, 64, 20, 2, 4)
+FAST = Settings(40, 4_096, 2, 1024, 64, 10, 2, 3)
 # steering adds STEER x the feature's decoder row, whose norm is the layer's mean token norm
 # (input scaling is folded into the SAE): a push of one typical token's size
 STEER = 1
