@@ -3,8 +3,8 @@
 `plan` (calibrated on this machine) and `extract` the built-in two-style statements
 (`builtin:styles`: 100 formal, 100 casual) at layer 7, `train` a TopK SAE there streamed over
 Python's docstrings (200 short statements are far too few tokens for an SAE), `encode` the
-statements with it, `contrast` the two styles, `patch` the strongest features (each set to the
-steered along its direction) while the model continues the statements, `inspect` those
+statements with it, `contrast` the two styles, `patch` the strongest features (each steered
+along its decoder direction) while the model continues the statements, `inspect` those
 features and write the `report`. Every stage is the ordinary one on one run folder, so a second
 `saelab demo` skips what is done; the stages' own tables go to RUN/demo.log and the screen
 gets one line per stage, then the three strongest findings (`demo_findings`).
