@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from scipy import stats
@@ -25,6 +24,11 @@ from saelab.verify import verify_run
 
 STAGES = ("plan", "extract", "train", "encode", "contrast", "patch", "inspect", "report")
 _DONE: dict[str, object] = {}
+LABELS = {"The": r"\bThe\b", "I": r"\bI\b"}  # the demo's outcomes: the first match wins
+
+
+def label(text: str) -> str:
+    return next((k for k, rx in LABELS.items() if re.search(rx, text)), "other")
 
 
 @pytest.fixture()
@@ -106,8 +110,16 @@ def test_findings_agree_with_codes_and_patch_results(demo_run):
         lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
         assert float(m.group(5)) == pytest.approx(lo, abs=0.006)
         assert float(m.group(6)) == pytest.approx(hi, abs=0.006)
-        said = np.array([bool(re.search(r"\bThe\b", t)) for t in mine["text"]])
-        assert f"{said.sum()}/{len(d)} continuations say 'The'" in text
+        assert f"mean KL {mine['kl'].mean():.2f} from the unpatched" in text
+        m = re.search(r"(\d+)/(\d+) continuations say (?:'(The|I)'|(neither))", text)
+        assert m, text
+        lab = m.group(3) or "other"
+        said = sum(label(t) == lab for t in mine["text"])
+        unpatched = sum(label(t) == lab for t in base.loc[mine["prompt_id"], "text"])
+        assert (int(m.group(1)), int(m.group(2))) == (said, len(d))
+        k, n = said, len(d)
+        p = stats.fisher_exact([[k, n - k], [unpatched, n - unpatched]])[1]
+        assert f"vs {unpatched}/{n} unpatched (Fisher p = {p:.2g})" in text
 
 
 def test_second_demo_skips_done_work_and_cli_flags(demo_run, tmp_path):

@@ -147,11 +147,15 @@ def _effect(r: dict[str, Any], steer: float, other: str) -> str:
     toward = "toward ' The' (over ' I')" if (d or 0) >= 0 else "toward ' I' (over ' The')"
     n = int(r["n"])
     text = (f"steering it @{steer:g} in {n} {other} statements moves the next token {toward}"
-            f" by {abs(d or 0):.2f} nats (95% CI {ci[0]:+.2f} to {ci[1]:+.2f})")  # fmt: skip
-    if r.get("rate[The]") is not None:
-        k, kb = round(r["rate[The]"] * n), round(r["baseline_rate[The]"] * n)
-        text += (f"; {k}/{n} continuations say 'The' vs {kb}/{n} unpatched"
-                 f" (Fisher p = {_p(r.get('fisher_p[The]'))})")  # fmt: skip
+            f" by {abs(d or 0):.2f} nats (95% CI {ci[0]:+.2f} to {ci[1]:+.2f}; mean KL"
+            f" {r['mean_kl']:.2f} from the unpatched next-token distribution)")  # fmt: skip
+    labels = [k[len("fisher_p[") : -1] for k in r if k.startswith("fisher_p[") and r[k] is not None]
+    if labels:  # the label whose rate changed most (smallest Fisher p; the report has all)
+        lab = min(labels, key=lambda x: (r[f"fisher_p[{x}]"], x))
+        k, kb = round(r[f"rate[{lab}]"] * n), round(r[f"baseline_rate[{lab}]"] * n)
+        said = "say neither 'The' nor 'I'" if lab == "other" else f"say '{lab}'"
+        text += (f"; {k}/{n} continuations {said} vs {kb}/{n} unpatched"
+                 f" (Fisher p = {_p(r[f'fisher_p[{lab}]'])})")  # fmt: skip
     return text
 
 
