@@ -99,7 +99,7 @@ def test_findings_agree_with_codes_and_patch_results(demo_run):
         assert (a, b) == (fired["formal"], fired["casual"])
         assert (n_a, n_b) == (groups.count("formal"), groups.count("casual"))
         m = re.search(r"steering it @1 in (\d+) (\w+) statements moves the next token toward"
-                      r" ' (The|I)' .* by ([\d.]+) nats \(95% CI ([-+\d.]+) to ([-+\d.]+)\)",
+                      r" ' (The|I)' .* by ([\d.]+) nats \(95% CI ([-+\d.]+) to ([-+\d.]+);",
                       text)  # fmt: skip
         assert m, text
         mine = results[(results["edit"] == f"{HOOK}:{f}@1") & (results["group"] == m.group(2))]
