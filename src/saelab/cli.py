@@ -104,7 +104,7 @@ COMMANDS: list[tuple[str, type, Any]] = [
     ("report", ReportConfig, run_report),
     ("export-stats", ExportStatsConfig, run_export_stats),
     ("verify", VerifyConfig, run_verify),
-    ("demo", DemoConfig, lambda c: run_demo(run=str(c.run), hooks=c.hooks, quiet=c.quiet)),
+    ("demo", DemoConfig, run_demo),
 ]
 for _name, _config, _handler in COMMANDS:
     app.command(_name)(command(_config, _handler))

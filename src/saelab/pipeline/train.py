@@ -53,6 +53,7 @@ from saelab.store import ActivationStore
 SAES_DIR = "saes"
 CKPT_DIR = "checkpoints/train"
 STREAM_TOKENS = 250_000  # corpus tokens a stream reads when --tokens is not given
+STREAM_CACHE_BYTES = 2**30  # --epochs > 1: a stream's rows up to this size are captured once
 
 
 class TrainConfig(StageOptions):
@@ -231,7 +232,12 @@ class TrainStage(Stage[TrainConfig]):
         o = self.config
         hooks = [hook_point(h) for h in self.hooks]
         per_buffer = max(1, 65536 // (o.context - 1))
-        return StreamSource(lm, hooks, train_w, o.batch_size, o.seed, per_buffer)
+        # later epochs read the rows of the first from memory when they fit (decided by the
+        # configuration alone, so the bytes never depend on the machine)
+        d_model = describe_model(o.model).shape.d_model
+        rows = train_w.shape[0] * (train_w.shape[1] - 1) * len(hooks) * d_model * 4
+        cache = o.epochs > 1 and rows <= STREAM_CACHE_BYTES
+        return StreamSource(lm, hooks, train_w, o.batch_size, o.seed, per_buffer, cache=cache)
 
     def _trainer_config(self, d_in: int, per_epoch: int) -> TrainerConfig:
         o = self.config

@@ -201,6 +201,12 @@ class StreamSource:
     With `prefetch` (the default) the next buffer is captured on a second thread while the
     current one is trained on: a buffer is a pure function of (seed, epoch, buffer), so the
     batches are exactly those of the one-thread order; memory holds two buffers.
+
+    With `cache` every window's rows are kept once captured, so epochs after the first train
+    from memory instead of running the model again (an in-memory activation store). The cache
+    is filled only by epoch 0's buffers (and one batch of the windows no epoch-0 buffer
+    holds), each captured exactly as epoch 0 captures it, so a run resumed in a later epoch
+    rebuilds the same rows and the batches stay a pure function of (seed, epoch, buffer).
     """
 
     def __init__(
@@ -213,9 +219,12 @@ class StreamSource:
         windows_per_buffer: int,
         capture_batch: int = 8,
         prefetch: bool = True,
+        cache: bool = False,
     ):
         self.lm = lm
         self.prefetch = prefetch
+        self.cache: dict[int, dict[str, torch.Tensor]] | None = {} if cache else None
+        self._cache_lock = threading.Lock()
         self._ahead: _Prefetch | None = None
         self.hooks = list(hooks)
         self.windows = windows
@@ -280,12 +289,43 @@ class StreamSource:
     def _next_key(self, epoch: int, b: int) -> tuple[int, int]:
         return (epoch, b + 1) if b + 1 < self.buffers_per_epoch else (epoch + 1, 0)
 
+    def _pick(self, epoch: int, b: int) -> np.ndarray:
+        """The windows of buffer `b` of `epoch`, in corpus order."""
+        order = _rng(self.seed, epoch).permutation(len(self.windows))
+        return np.sort(order[b * self.windows_per_buffer : (b + 1) * self.windows_per_buffer])
+
+    def _remember(self, pick: np.ndarray, rows: dict[str, torch.Tensor]) -> None:
+        per = self.rows_per_window
+        assert self.cache is not None
+        for j, w in enumerate(pick.tolist()):
+            self.cache[w] = {n: x[j * per : (j + 1) * per] for n, x in rows.items()}
+
+    def _fill_cache(self, stop: threading.Event | None) -> None:
+        """Every window's rows, captured as epoch 0 captures them (see the class doc)."""
+        assert self.cache is not None
+        with self._cache_lock:
+            for b in range(self.buffers_per_epoch):
+                pick = self._pick(0, b)
+                if not all(int(w) in self.cache for w in pick):
+                    self._remember(pick, self.capture(self.windows[pick], pick, stop))
+            rest = np.array(sorted(set(range(len(self.windows))) - set(self.cache)), dtype=int)
+            if len(rest):
+                self._remember(rest, self.capture(self.windows[rest], rest, stop))
+
     def _make_buffer(
         self, epoch: int, b: int, stop: threading.Event | None = None
     ) -> dict[str, torch.Tensor]:
-        order = _rng(self.seed, epoch).permutation(len(self.windows))
-        pick = order[b * self.windows_per_buffer : (b + 1) * self.windows_per_buffer]
-        rows = self.capture(self.windows[np.sort(pick)], np.sort(pick), stop)
+        pick = self._pick(epoch, b)
+        if self.cache is None:
+            rows = self.capture(self.windows[pick], pick, stop)
+        elif epoch == 0:
+            rows = self.capture(self.windows[pick], pick, stop)
+            with self._cache_lock:
+                self._remember(pick, rows)
+        else:
+            self._fill_cache(stop)
+            parts = [self.cache[int(w)] for w in pick]
+            rows = {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
         perm = torch.from_numpy(
             _rng(self.seed, epoch, b + 1).permutation(len(next(iter(rows.values()))))
         )
