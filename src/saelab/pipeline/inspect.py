@@ -10,7 +10,9 @@ The hook's cards as the report and `load_cards` read them (`RUN/inspect/HOOK/{fe
 contexts}.parquet`: inspecting more features adds their rows, inspecting a feature again
 replaces them) are the driver's to write, in `finish`, from the section files of this call;
 they are recorded as the stage's own files, with the hashes of their latest bytes, so a later
-section that rewrites them leaves no record stale (`saelab verify` stays clean).
+section that rewrites them leaves no record stale (`saelab verify` stays clean). The stage's
+`merged` field lists the sections in the order they went in, so files lost to a repair are
+rebuilt from the sections as they were.
 """
 
 from __future__ import annotations
@@ -125,26 +127,31 @@ class InspectStage(Stage[InspectConfig]):
             say(f"inspect: {', '.join(done.records)} already inspected; the stored cards:",
                 self.config.quiet)  # fmt: skip
             return Finished(cards)
-        files = dict(run.stage(self.name).get("files") or {})
+        st = run.stage(self.name)
+        files = dict(st.get("files") or {})
+        # the sections in the order their cards went into the hook's files (the manifest
+        # keeps units by name, not by time): a later one's rows replace an earlier one's
+        order = [k for k in st.get("merged") or [] if k not in done.records]
         for hook in dict.fromkeys(k.split(":", 1)[0] for k in done.records):
             mine = [k for k in done.records if k.startswith(hook + ":")]
-            paths = self._merge(hook, mine)
+            paths = self._merge(hook, mine, order)
             files.update(hashed(run, paths))
             say(f"cards stored in {paths[0].parent}", self.config.quiet)
-        return Finished(cards, {"files": dict(sorted(files.items()))})
+        fields = {"files": dict(sorted(files.items())), "merged": [*order, *done.records]}
+        return Finished(cards, fields)
 
-    def _merge(self, hook: str, sections: list[str]) -> list[Path]:
+    def _merge(self, hook: str, sections: list[str], earlier: list[str]) -> list[Path]:
         """Write the hook's cards: what they were with these sections' rows in place. Cards
         that are not there (a first inspect, or files removed by `saelab verify --repair`)
-        start from every other recorded section of the hook, in the order recorded."""
+        start from the `earlier` sections of the hook still recorded, in their order."""
         folder = self.run.path / INSPECT_DIR / hook
         if (folder / FEATURES).is_file():
             rows = read_rows(folder)
         else:
             rows = ([], [])
             units = self.run.stage(self.name).get("units") or {}
-            for key in units:
-                if key.startswith(hook + ":") and key not in sections:
+            for key in earlier:
+                if key.startswith(hook + ":") and key in units:
                     rows = merge_rows(rows, read_rows(self.run.path / section_folder(key)))
         for key in sections:
             rows = merge_rows(rows, read_rows(self.run.path / section_folder(key)))
