@@ -2,8 +2,10 @@
 `contexts.parquet` (one row per context), so the report shows them without recomputing.
 
 Inspecting more features of a hook adds their rows; inspecting a feature again replaces its
-rows. Each file is written whole and renamed into place (contexts first: a reader joins by
-feature, so a kill between the two leaves old cards readable).
+rows (`merge_rows`). Each file is written whole and renamed into place (contexts first: a
+reader joins by feature, so a kill between the two leaves old cards readable). The same two
+files in any folder hold one computation's cards (`write_rows`): the inspect stage keeps each
+section's there and merges them into the hook's.
 """
 
 from __future__ import annotations
