@@ -91,14 +91,19 @@ class SectionUnit(Unit):
 
 
 class InspectStage(Stage[InspectConfig]):
+    """One section per (hook, feature set), one unit per section (see the module doc)."""
+
     name = "inspect"
     sections = True
 
     def prepare(self) -> dict[str, Any]:
         o = self.config
-        target, _ = card_target(self.run.path, o.hook, o.features, top=o.top, corpus=o.corpus,
-                                prompts=o.prompts, sae=o.sae)  # fmt: skip
+        target, sae = card_target(self.run.path, o.hook, o.features, top=o.top, corpus=o.corpus,
+                                  prompts=o.prompts, sae=o.sae)  # fmt: skip
         self.target = target
+        # checking the features needed the SAE: a unit run by this very object (the local
+        # executor) takes it rather than loading it again; a worker elsewhere loads its own
+        self._checked_sae: Any = sae
         self.section = f"{target.hook}:{compact(target.features)}"
         source = "prompts" if o.prompts else "corpus" if o.corpus else "run"
         binding: dict[str, Any] = {
@@ -162,7 +167,9 @@ class InspectStage(Stage[InspectConfig]):
         o, target = self.config, unit.target
         assert target is not None
         lm = worker.model(target.model, quiet=o.quiet)
-        sae = load_sae(target.sae).sae  # one per unit, released with it (as encode does)
+        sae, self._checked_sae = getattr(self, "_checked_sae", None), None
+        if sae is None:
+            sae = load_sae(target.sae).sae  # one per unit, released with it (as encode does)
         cards = target_cards(target, lm, sae, top=o.top, corpus=o.corpus, prompts=o.prompts,
                              context=o.context, max_tokens=o.max_tokens, quiet=o.quiet)  # fmt: skip
         paths = write_rows(self.run.path / unit.folder, card_rows(target.hook, cards))

@@ -39,6 +39,8 @@ def _digest(value: Any) -> str:
 
 
 class ReportStage(Stage[ReportConfig]):
+    """One unit, the page; its binding is what the page shows (see the module doc)."""
+
     name = "report"
     derived = True
 
@@ -62,7 +64,9 @@ class ReportStage(Stage[ReportConfig]):
         if not run.path.is_dir():
             raise SaelabError(f"run folder {run.path} does not exist; check the path")
         if not run.manifest_path.is_file() and not run.config_path.is_file():
-            raise SaelabError(f"{run.path} is not a saelab run folder (no manifest.json or run.toml)")
+            raise SaelabError(
+                f"{run.path} is not a saelab run folder (no manifest.json or run.toml)"
+            )
         inputs: dict[str, str] = {}
         for name, st in sorted(run.read_manifest().get("stages", {}).items()):
             if name == self.name or not isinstance(st, dict):
