@@ -21,6 +21,7 @@ from saelab.pipeline.executors import LocalExecutor
 from saelab.pipeline.inspect import InspectConfig, InspectStage, compact, section_folder
 from saelab.pipeline.report import ReportConfig, ReportStage, run_report
 from saelab.pipeline.stage import Worker
+from saelab.report import collect
 from saelab.run import RunFolder
 from saelab.verify import repair, verify_run
 from tests.report_run import HOOK, small_run  # noqa: F401
@@ -168,6 +169,12 @@ def test_the_report_is_a_recorded_unit_rebuilt_when_the_run_changes(run_copy, lo
     assert rec["files"] == {"report/index.html": file_digest(page)}
     assert rec["bytes"] == page.stat().st_size and rec["command"].startswith("saelab report")
     assert "wrote" in capsys.readouterr().out
+    assert [s["stage"] for s in collect.stages(run_copy)] == [
+        "extract",
+        "encode",
+        "contrast",
+        "patch",
+    ]  # the page lists what it shows, not itself
 
     # nothing it shows changed: kept, not rebuilt
     mtime, digest = page.stat().st_mtime_ns, file_digest(page)
