@@ -133,21 +133,32 @@ def test_a_driver_killed_after_its_unit_resumes_without_running_it(run_copy, loc
     assert verify_run(run_copy).ok
 
 
-def test_the_hooks_cards_come_back_from_the_sections_after_repair(run_copy, local, smol, tmp_path):
+def test_the_hooks_cards_come_back_from_the_sections_after_repair(
+    run_copy, small_run, local, smol, tmp_path  # noqa: F811
+):
     lib = tmp_path / "lib"
     shutil.copytree(run_copy, lib)
     _inspect(run_copy, local, "4,45", top=2)  # 45 again below: the later section's rows
+    # another hook's cards (its SAE and texts given): a repair removes them too
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The committee has postponed the meeting.\nheads up, the meeting is off\n")
+    other = dict(sae=str(small_run.parent / "saes" / HOOK), prompts=str(prompts))
+    run_stage(InspectStage(InspectConfig(run=str(run_copy), hook="resid_post.3", features="1-2",
+                                         quiet=True, **other)), local)  # fmt: skip
+    hook3 = run_copy / "inspect" / "blocks.3.hook_resid_post"
+    cards3 = [(hook3 / c[-1]).read_bytes() for c in CARDS]
     _inspect(run_copy, local, "3,45", top=1)
     run_copy.joinpath(*CARDS[0]).write_bytes(b"damaged")
     report = verify_run(run_copy)
     assert [(u.stage, u.unit) for u in report.problems()] == [("inspect", "(stage files)")]
     repair(run_copy, report)
-    assert not run_copy.joinpath(*CARDS[0]).exists()
+    assert not run_copy.joinpath(*CARDS[0]).exists() and not (hook3 / CARDS[0][-1]).exists()
     _inspect(run_copy, local, "5")  # the hook's cards: both sections in their order, then 5
     for feats, top in (([4, 45], 2), ([3, 45], 1), ([5], 20)):
         inspect_features(lib, HOOK, feats, top=top, lm=smol, quiet=True)
     for c in CARDS:
         assert run_copy.joinpath(*c).read_bytes() == lib.joinpath(*c).read_bytes(), c
+    assert [(hook3 / c[-1]).read_bytes() for c in CARDS] == cards3  # and the other hook's
     assert verify_run(run_copy).ok
 
 

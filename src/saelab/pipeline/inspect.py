@@ -137,7 +137,12 @@ class InspectStage(Stage[InspectConfig]):
         # the sections in the order their cards went into the hook's files (the manifest
         # keeps units by name, not by time): a later one's rows replace an earlier one's
         order = [k for k in st.get("merged") or [] if k not in done.records]
-        for hook in dict.fromkeys(k.split(":", 1)[0] for k in done.records):
+        # this call's hooks, and any other whose cards a repair removed (it removes all the
+        # stage's own files): rebuilt from their sections, as the rebuild command promises
+        units = st.get("units") or {}
+        lost = [h for h in (k.split(":", 1)[0] for k in order if k in units)
+                if not (run.path / INSPECT_DIR / h / FEATURES).is_file()]  # fmt: skip
+        for hook in dict.fromkeys([*(k.split(":", 1)[0] for k in done.records), *lost]):
             mine = [k for k in done.records if k.startswith(hook + ":")]
             paths = self._merge(hook, mine, order)
             files.update(hashed(run, paths))
