@@ -34,6 +34,7 @@ from saelab.pipeline.encode import EncodeConfig, EncodeStage
 from saelab.pipeline.executors import LocalExecutor
 from saelab.pipeline.extract import ExtractStage
 from saelab.pipeline.extract_job import ExtractConfig
+from saelab.pipeline.inspect import InspectConfig, InspectStage
 from saelab.pipeline.patch import PatchConfig, PatchStage
 from saelab.pipeline.stage import Worker
 from saelab.pipeline.traces import TracesStage
@@ -175,6 +176,30 @@ def test_every_stage_is_byte_identical_to_local(local, ray_run, executor):
     assert len(pids) == 2 and os.getpid() not in pids
     assert len(set(workers_of(ray_run, "extract"))) == 2
     assert {int(w.split(":")[1]) for w in workers_of(ray_run, "patch")} <= pids
+
+
+def test_inspect_is_byte_identical_to_local(local, executor, smol, tmp_path):
+    """inspect's section runs on a Ray worker (the model from the worker's cache) and
+    writes the bytes the local executor writes, the hook's cards included."""
+    worker = Worker()
+    worker.adopt(smol)
+    runs = []
+    for name, ex in (("local", LocalExecutor(worker)), ("ray", executor)):
+        shutil.copytree(local.parent, tmp_path / name)
+        cwd = os.getcwd()
+        os.chdir(tmp_path / name)
+        try:
+            config = InspectConfig(run=RUN, hook="resid_post.7", features="0-3", top=4, quiet=True)
+            run_stage(InspectStage(config), ex)
+        finally:
+            os.chdir(cwd)
+        runs.append(tmp_path / name / RUN)
+    cards = [{k: v for k, v in outputs(r).items() if k.startswith("inspect/")} for r in runs]
+    assert cards[0] == cards[1] and len(cards[0]) == 4  # the section's pair and the hook's
+    assert recorded(runs[0])["inspect"] == recorded(runs[1])["inspect"]
+    assert computed(runs[0], "inspect") == computed(runs[1], "inspect")
+    pids = {w["pid"] for w in executor.workers()}
+    assert {int(w.split(":")[1]) for w in workers_of(runs[1], "inspect")} <= pids
 
 
 def test_show_lists_each_units_worker_and_time(ray_run, capsys):

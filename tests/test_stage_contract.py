@@ -22,7 +22,7 @@ from saelab.pipeline.options import StageOptions
 from saelab.pipeline.stage import RECORD_KEYS, Worker
 from saelab.run import RunFolder
 
-STAGES = ("extract", "train", "encode", "contrast", "patch")
+STAGES = ("extract", "train", "encode", "contrast", "patch", "inspect", "report")
 COMMON = ("--run", "--overwrite", "--max-memory", "--max-gpu-memory", "--max-disk", "--executor")
 
 

@@ -21,7 +21,7 @@ from saelab.inspect.accumulate import Context, FeatureAccumulator
 from saelab.inspect.blocks import code_blocks, model_blocks, store_blocks
 from saelab.inspect.lens import decode_tokens, logit_lens
 from saelab.models.describe import describe_model
-from saelab.models.hooks import parse_hooks
+from saelab.models.hooks import hook_point, parse_hooks
 from saelab.models.loading import load_model
 from saelab.models.tokens import tokenize_prompts
 from saelab.progress import Reporter, say
@@ -59,6 +59,60 @@ class FeatureCard:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CardTarget:
+    """What cards are computed of, resolved and checked before any model loads: the run (or
+    None), the model spec, the hook's name, the SAE's location and the feature ids. Small
+    and plain, so it can travel to another process."""
+
+    run: str | None
+    model: str
+    hook: str
+    sae: str
+    features: tuple[int, ...]
+
+
+def card_target(
+    run: str | Path | None,
+    hook: str,
+    features: str | list[int],
+    *,
+    top: int = 20,
+    corpus: str | None = None,
+    prompts: str | None = None,
+    sae: str | None = None,
+    model: str | None = None,
+    depth: int | None = None,
+) -> tuple[CardTarget, Any]:
+    """Check everything `feature_card` can check without the model (the hook against the
+    model's depth from its header, the features against the SAE's width) and return the
+    target with the SAE it loaded."""
+    run_path = Path(run) if run is not None else None
+    if run_path is not None and not run_path.is_dir():
+        raise SaelabError(f"run folder {run} does not exist; check the path")
+    if run_path is None and (sae is None or not (corpus or prompts)):
+        raise SaelabError("without a run folder, give the SAE and a corpus or prompts file")
+    if corpus and prompts:
+        raise SaelabError("give either a corpus or a prompts file, not both")
+    if top < 0:
+        raise SaelabError(f"top {top} must be 0 or more")
+    spec = model or (run_info.model_spec(run_path) if run_path else "default")
+    depth = depth if depth is not None else describe_model(spec).shape.n_layers
+    hp = parse_hooks(hook, depth)
+    if len(hp) != 1:
+        raise SaelabError(f"hook {hook!r} names {len(hp)} hook points; name exactly one")
+    hook_name = hp[0].name
+    codes = _codes(run_path, hook_name)
+    location = sae or run_info.sae_location(run_path, hook_name, codes.meta if codes else None)  # type: ignore[arg-type]
+    the_sae = load_sae(location).sae
+    feats = parse_features(features if isinstance(features, str) else list(features),
+                           int(the_sae.cfg.d_sae))  # fmt: skip
+    if not feats:
+        raise SaelabError("give the features to inspect, e.g. 12,845")
+    run_str = str(run_path) if run_path is not None else None
+    return CardTarget(run_str, spec, hook_name, location, tuple(feats)), the_sae
+
+
 def feature_card(
     run: str | Path | None,
     hook: str,
@@ -84,39 +138,45 @@ def feature_card(
     neither, from the run's own codes or activation store. Without a run, give `sae` (and
     `corpus` or `prompts`). `window` is (tokens before, tokens after) the peak.
     """
-    run_path = Path(run) if run is not None else None
-    if run_path is not None and not run_path.is_dir():
-        raise SaelabError(f"run folder {run} does not exist; check the path")
-    if run_path is None and (sae is None or not (corpus or prompts)):
-        raise SaelabError("without a run folder, give the SAE and a corpus or prompts file")
-    if corpus and prompts:
-        raise SaelabError("give either a corpus or a prompts file, not both")
-    if top < 0:
-        raise SaelabError(f"top {top} must be 0 or more")
-    spec = model or (run_info.model_spec(run_path) if run_path else "default")
-    # the hook, the SAE and the features are checked against the model's header (its
-    # depth) and the SAE's width before the model loads (seconds to minutes)
-    depth = lm.n_layers if lm is not None else describe_model(spec).shape.n_layers
-    hp = parse_hooks(hook, depth)
-    if len(hp) != 1:
-        raise SaelabError(f"hook {hook!r} names {len(hp)} hook points; name exactly one")
-    hook_name = hp[0].name
-    codes = _codes(run_path, hook_name)
-    location = sae or run_info.sae_location(run_path, hook_name, codes.meta if codes else None)  # type: ignore[arg-type]
-    the_sae = load_sae(location).sae
-    d_sae = int(the_sae.cfg.d_sae)
-    feats = parse_features(features if isinstance(features, str) else list(features), d_sae)
-    if not feats:
-        raise SaelabError("give the features to inspect, e.g. 12,845")
-    lm = lm or load_model(spec, quiet=quiet)
+    target, the_sae = card_target(
+        run, hook, features, top=top, corpus=corpus, prompts=prompts, sae=sae, model=model,
+        depth=lm.n_layers if lm is not None else None,
+    )  # fmt: skip
+    lm = lm or load_model(target.model, quiet=quiet)
+    return target_cards(
+        target, lm, the_sae, top=top, corpus=corpus, prompts=prompts, context=context,
+        max_tokens=max_tokens, window=window, lens_k=lens_k, batch_size=batch_size, quiet=quiet,
+    )  # fmt: skip
+
+
+def target_cards(
+    target: CardTarget,
+    lm: Any,
+    the_sae: Any,
+    *,
+    top: int = 20,
+    corpus: str | None = None,
+    prompts: str | None = None,
+    context: int = 64,
+    max_tokens: int = 50_000,
+    window: tuple[int, int] = (12, 4),
+    lens_k: int = 10,
+    batch_size: int = 8,
+    quiet: bool = False,
+) -> list[FeatureCard]:
+    """The cards of a checked target with its model and SAE loaded (see `feature_card`)."""
+    run_path = Path(target.run) if target.run is not None else None
+    hook_name, feats = target.hook, list(target.features)
     pool = run_info.contrast_pool(run_path) if run_path else "max"
     acc = FeatureAccumulator(feats, top=top, window=window, pool=pool)
     if corpus or prompts:
         source, ids, blocks, total = _text_blocks(
-            lm, hp[0], the_sae, feats, corpus, prompts, context, max_tokens, batch_size
-        )
+            lm, hook_point(hook_name), the_sae, feats, corpus, prompts, context, max_tokens,
+            batch_size,
+        )  # fmt: skip
     else:
         assert run_path is not None
+        codes = _codes(run_path, hook_name)
         source, ids, blocks, total = _run_blocks(run_path, hook_name, codes, the_sae, feats)
     with Reporter(f"inspect {hook_name}", total=total, unit="prompts", quiet=quiet) as rep:
         for b in blocks:
@@ -134,7 +194,7 @@ def feature_card(
                 hook=hook_name,
                 feature=f,
                 source=source,
-                sae=location,
+                sae=target.sae,
                 model=lm.name,
                 contexts=ctx,
                 lens=lens[k],

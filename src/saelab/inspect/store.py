@@ -2,14 +2,17 @@
 `contexts.parquet` (one row per context), so the report shows them without recomputing.
 
 Inspecting more features of a hook adds their rows; inspecting a feature again replaces its
-rows. Each file is written whole and renamed into place (contexts first: a reader joins by
-feature, so a kill between the two leaves old cards readable).
+rows (`merge_rows`). Each file is written whole and renamed into place (contexts first: a
+reader joins by feature, so a kill between the two leaves old cards readable). The same two
+files in any folder hold one computation's cards (`write_rows`): the inspect stage keeps each
+section's there and merges them into the hook's.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,46 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def card_rows(hook: str, cards: list[FeatureCard]) -> tuple[list[dict], list[dict]]:
+    """(feature rows, context rows) of cards of one hook, as the files store them."""
+    feats: list[dict[str, Any]] = []
+    ctx: list[dict[str, Any]] = []
+    for c in cards:
+        d = c.to_dict()
+        for cx in d.pop("contexts"):
+            ctx.append({"hook": hook, "feature": c.feature, **cx})
+        for k in _JSON_FIELDS:
+            d[k] = json.dumps(d[k])
+        feats.append(d)
+    return feats, ctx
+
+
+def read_rows(folder: Path) -> tuple[list[dict], list[dict]]:
+    """(feature rows, context rows) stored in a folder (empty lists where no file is)."""
+    return _read(folder / FEATURES), _read(folder / CONTEXTS)
+
+
+def merge_rows(
+    old: tuple[list[dict], list[dict]], new: tuple[list[dict], list[dict]]
+) -> tuple[list[dict], list[dict]]:
+    """`old` with every feature of `new` replaced by its rows there, sorted as stored."""
+    redo = {r["feature"] for r in new[0]}
+    feats = [r for r in old[0] if r["feature"] not in redo] + list(new[0])
+    ctx = [r for r in old[1] if r["feature"] not in redo] + list(new[1])
+    ctx.sort(key=lambda r: (r["feature"], r["kind"] != "top", r["rank"]))
+    feats.sort(key=lambda r: r["feature"])
+    return feats, ctx
+
+
+def write_rows(folder: Path, rows: tuple[list[dict], list[dict]]) -> list[Path]:
+    """Write (feature rows, context rows) into `folder`, each file atomically (contexts
+    first: a reader joins by feature, so a kill between the two leaves old cards readable);
+    returns [features file, contexts file]."""
+    _write(folder / CONTEXTS, rows[1])
+    _write(folder / FEATURES, rows[0])
+    return [folder / FEATURES, folder / CONTEXTS]
+
+
 def save_cards(run: Path | str, cards: list[FeatureCard]) -> list[Path]:
     """Store cards (all of one hook or several) in the run; returns the files written."""
     written: list[Path] = []
@@ -51,22 +94,32 @@ def save_cards(run: Path | str, cards: list[FeatureCard]) -> list[Path]:
         by_hook.setdefault(c.hook, []).append(c)
     for hook, mine in by_hook.items():
         folder = hook_folder(run, hook)
-        redo = {c.feature for c in mine}
-        ctx = [r for r in _read(folder / CONTEXTS) if r["feature"] not in redo]
-        feats = [r for r in _read(folder / FEATURES) if r["feature"] not in redo]
-        for c in mine:
-            d = c.to_dict()
-            for cx in d.pop("contexts"):
-                ctx.append({"hook": hook, "feature": c.feature, **cx})
-            for k in _JSON_FIELDS:
-                d[k] = json.dumps(d[k])
-            feats.append(d)
-        ctx.sort(key=lambda r: (r["feature"], r["kind"] != "top", r["rank"]))
-        feats.sort(key=lambda r: r["feature"])
-        _write(folder / CONTEXTS, ctx)
-        _write(folder / FEATURES, feats)
-        written += [folder / FEATURES, folder / CONTEXTS]
+        rows = merge_rows(read_rows(folder), card_rows(hook, mine))
+        written += write_rows(folder, rows)
     return written
+
+
+def cards_from_rows(rows: tuple[list[dict], list[dict]]) -> list[FeatureCard]:
+    """Stored rows back as cards (in feature order), e.g. to print them again."""
+    names = {f.name for f in fields(FeatureCard)}
+    by_feature = _as_cards(rows)
+    return [FeatureCard(**{k: v for k, v in d.items() if k in names})
+            for _, d in sorted(by_feature.items())]  # fmt: skip
+
+
+def _as_cards(rows: tuple[list[dict], list[dict]]) -> dict[int, dict[str, Any]]:
+    cards: dict[int, dict[str, Any]] = {}
+    for r in rows[0]:
+        r = dict(r)
+        for k in _JSON_FIELDS:
+            r[k] = json.loads(r[k]) if r.get(k) is not None else None
+        r["contexts"] = []
+        cards[int(r["feature"])] = r
+    for cx in rows[1]:
+        card = cards.get(int(cx["feature"]))
+        if card is not None:
+            card["contexts"].append(cx)
+    return cards
 
 
 def load_cards(run: Path | str) -> dict[str, dict[int, dict[str, Any]]]:
@@ -76,16 +129,7 @@ def load_cards(run: Path | str) -> dict[str, dict[int, dict[str, Any]]]:
     if not root.is_dir():
         return out
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        cards: dict[int, dict[str, Any]] = {}
-        for r in _read(folder / FEATURES):
-            for k in _JSON_FIELDS:
-                r[k] = json.loads(r[k]) if r.get(k) is not None else None
-            r["contexts"] = []
-            cards[int(r["feature"])] = r
-        for cx in _read(folder / CONTEXTS):
-            card = cards.get(int(cx["feature"]))
-            if card is not None:
-                card["contexts"].append(cx)
+        cards = _as_cards(read_rows(folder))
         if cards:
             out[folder.name] = cards
     return out

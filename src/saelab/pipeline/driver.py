@@ -7,6 +7,7 @@ rest on an executor, record each unit, finish.
 The rules, the same for every stage:
 - a run folder keeps the configuration that made each stage: another one is refused, naming
   what differs, unless `--overwrite`, which removes the stage's outputs first (`RunFolder`);
+  a `derived` stage (the report), whose binding is what it reads, is rebuilt instead;
 - a unit counts as done when its record is in the manifest and its files are all there with
   the recorded size; anything else runs (again), so a killed run resumes;
 - the driver alone writes manifest.json: a unit's record (files and hashes, bytes, seconds,
@@ -61,10 +62,11 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
         stage._binding = binding
         run = stage.run
         changes = run.config_changes(stage.name, binding, sections=stage.sections)
-        if not stage.config.overwrite:
+        rebuild = stage.config.overwrite or (stage.derived and bool(changes))
+        if not rebuild:
             run.refuse_changes(stage.name, changes)
         with _rollback_unless_recorded(run) as progress:
-            if stage.config.overwrite:
+            if rebuild:
                 _clear(stage, list(binding) if stage.sections else None)
             run.write_binding(stage.name, binding, sections=stage.sections)
             _tidy(stage)

@@ -146,6 +146,9 @@ class Stage(Generic[C]):
 
     #: False where the stage finds a run folder of its own (extract names one by default)
     needs_run: ClassVar[bool] = True
+    #: True where the binding is what the stage reads rather than what the user chose (the
+    #: report: other stages' records): a different one rebuilds the stage, it is not refused
+    derived: ClassVar[bool] = False
 
     def __init__(self, config: C, run: str | Path | None = None) -> None:
         self.config = config

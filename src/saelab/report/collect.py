@@ -63,6 +63,8 @@ def stages(run: Path) -> list[dict[str, Any]]:
     manifest = RunFolder(run).read_manifest().get("stages", {})
     out = []
     for name in sorted(manifest, key=lambda n: STAGES.index(n) if n in STAGES else 99):
+        if name == "report":  # the page being built (a stage too) is not what it reports on
+            continue
         st = manifest[name]
         est = (st.get("plan") or {}).get("estimate") or {}
         meas = st.get("measured") or {}
