@@ -134,7 +134,11 @@ def test_a_driver_killed_after_its_unit_resumes_without_running_it(run_copy, loc
 
 
 def test_the_hooks_cards_come_back_from_the_sections_after_repair(
-    run_copy, small_run, local, smol, tmp_path  # noqa: F811
+    run_copy,
+    small_run,
+    local,
+    smol,
+    tmp_path,  # noqa: F811
 ):
     lib = tmp_path / "lib"
     shutil.copytree(run_copy, lib)
