@@ -133,13 +133,9 @@ def test_a_driver_killed_after_its_unit_resumes_without_running_it(run_copy, loc
     assert verify_run(run_copy).ok
 
 
-def test_the_hooks_cards_come_back_from_the_sections_after_repair(
-    run_copy,
-    small_run,
-    local,
-    smol,
-    tmp_path,  # noqa: F811
-):
+def test_the_hooks_cards_come_back_from_the_sections_after_repair(  # noqa: F811
+    run_copy, small_run, local, smol, tmp_path  # noqa: F811
+):  # fmt: skip
     lib = tmp_path / "lib"
     shutil.copytree(run_copy, lib)
     _inspect(run_copy, local, "4,45", top=2)  # 45 again below: the later section's rows

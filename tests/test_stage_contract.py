@@ -134,3 +134,22 @@ def test_manifest_is_the_drivers_alone(smol, tmp_path, prompts):
     rec = execute_unit(stage, unit, Worker())
     assert not (run / "manifest.json").exists()
     assert json.loads(json.dumps(rec)) == rec  # small and plain: it travels between processes
+
+
+class DeadWriterExecutor(LocalExecutor):
+    """Runs each unit the way a Ray retry does after a worker died while writing it: the
+    dead writer's temporary folder stays in the store, then the unit runs again elsewhere."""
+
+    def run(self, stage, units):  # noqa: ANN001, ANN201
+        for unit in units:
+            debris = stage.run.path / "activations" / "shards" / f".tmp-{unit.key}-dead"
+            debris.mkdir(parents=True)
+            (debris / "zarr.json").write_text("{half written")
+            yield unit, execute_unit(stage, unit, self.worker)
+
+
+def test_a_dead_writers_debris_is_gone_when_the_stage_ends(smol, tmp_path, prompts):
+    local, retried = tmp_path / "local", tmp_path / "retried"
+    run_stage(extract_stage(_config(local, prompts), smol), LocalExecutor(Worker()))
+    run_stage(extract_stage(_config(retried, prompts), smol), DeadWriterExecutor(Worker()))
+    assert tree_digests(retried / "activations") == tree_digests(local / "activations")

@@ -105,6 +105,9 @@ def _run(stage: Stage[Any], executor: Executor) -> Any:
                     progress.append(unit.key)
                     rates.add(str(rec.get("worker")), unit.size, float(rec.get("seconds", 0)))
                     rep.advance(unit.size, int(rec.get("tokens", 0)), note=rates.note())
+            # every unit is back: a worker that died mid-unit (a Ray actor killed while
+            # writing) left its temporary files, and no writer of this stage is alive now
+            _tidy(stage)
         wall = time.perf_counter() - t0
     measured = {
         "wall_seconds": wall,
@@ -131,8 +134,9 @@ def _disk(stage: Stage[Any]) -> int:
 def _tidy(stage: Stage[Any]) -> None:
     """Remove what killed writers of this run left (`.tmp-*`, `atomic`): in the run folder
     itself (manifest.json, run.toml, setup's files) and anywhere below the stage's outputs.
-    The driver does it before any unit runs, when no writer of this stage can be alive, so a
-    resumed run ends with exactly the files of an uninterrupted one."""
+    The driver does it before any unit runs and after the last one is back, when no writer of
+    this stage can be alive, so a resumed or retried run ends with exactly the files of an
+    uninterrupted one."""
     root = stage.run.path
     remove_debris(root)
     for rel in stage.outputs():
