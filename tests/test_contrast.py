@@ -162,3 +162,19 @@ def test_bad_input_is_one_line(styles_run, tmp_path, capsys):
         run_encode(EncodeConfig(saes=str(styles_run[1]), run=str(last), positions="last",
                                  overwrite=True, quiet=True))  # fmt: skip
         run_contrast(ContrastConfig(run=str(last), groups="formal,casual", pool="max", quiet=True))
+
+
+def test_prompts_without_groups_say_where_groups_come_from(styles_run, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from saelab.pipeline.contrast_data import read_labels
+
+    run = tmp_path / "nogroups"
+    shutil.copytree(styles_run[0], run)
+    table = pq.read_table(run / "prompts.parquet")
+    i = table.column_names.index("group")
+    table = table.set_column(i, "group", pa.nulls(len(table), pa.string()))
+    pq.write_table(table, run / "prompts.parquet")
+    with pytest.raises(SaelabError, match="no values in column 'group'.*--group-column"):
+        read_labels(run, "formal,casual")

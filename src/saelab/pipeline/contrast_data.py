@@ -52,6 +52,13 @@ def read_labels(run: Path, groups: str, column: str = "group") -> Labels:
     in_a, in_b = arr == names[0], arr == names[1]
     found = sorted(set(arr) - {""})
     for name, mask in zip(names, (in_a, in_b), strict=True):
+        if mask.sum() < 2 and not found:
+            raise SaelabError(
+                f"the run's prompts have no values in column {column!r}, so there are no groups"
+                f" to contrast; extract from a prompts file (.jsonl/.csv/.parquet) whose {column!r}"
+                f" column holds {names[0]!r} and {names[1]!r}, or name the column that holds"
+                " them with --group-column"
+            )
         if mask.sum() < 2:
             counts = ", ".join(f"{g} ({int((arr == g).sum())})" for g in found[:8]) or "none"
             raise SaelabError(
