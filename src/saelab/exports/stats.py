@@ -26,32 +26,17 @@ import numpy as np
 
 from saelab.atomic import atomic_write_bytes
 from saelab.errors import SaelabError
+from saelab.stats.table import COLUMNS as TABLE_COLUMNS
 
 FORMAT = "saelab.stats"
 VERSION = 1
 FORMATS = ("json", "npz")
+#: the contrast table's statistics (stats.table.COLUMNS, less its bookkeeping columns), placed
+#: by hook and layer, with the multiple-testing columns the contrast stage adds
 COLUMNS = (
     "hook",
     "layer",
-    "feature",
-    "n_a",
-    "n_b",
-    "active_a",
-    "active_b",
-    "mean_a",
-    "mean_b",
-    "sd_a",
-    "sd_b",
-    "t",
-    "df",
-    "p_t",
-    "log10_p_t",
-    "cohen_d",
-    "hedges_g",
-    "u",
-    "p_u",
-    "auc",
-    "p_rate",
+    *(c for c in TABLE_COLUMNS if c not in ("tested", "rate_test")),
     "q",
     "q_hook",
     "q_u",
